@@ -1,0 +1,569 @@
+"""Configuration: frozen dataclasses with the defaults in code, presets as small YAML diffs over them.
+
+The defaults are the paper setting (DESIGN section 1). A preset names only what it changes; unknown keys,
+wrong types and impossible values are :class:`ConfigError` naming the key, what was given and what is allowed.
+The resolved config is saved as plain data (``to_dict``) in every run folder and checkpoint, and
+``from_dict(to_dict(c)) == c``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from avdit_cli.errors import ConfigError
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Options: enums defined once; the CLI derives its choices from them.
+# ----------------------------------------------------------------------------------------------------------
+class VideoCodec(str, Enum):
+    SD_VAE = "sd-vae"  # stabilityai/sd-vae-ft-ema, 4 latent channels, x8 down
+    PIXELS = "pixels"  # plain area resize of RGB frames, no weights (tiny preset)
+
+
+class AudioCodec(str, Enum):
+    AUDIOLDM_VAE = "audioldm-vae"  # cvssp/audioldm-s-full-v2 vae/, 8 latent channels, x4 down
+    PIXELS = "pixels"  # plain area resize of the log-mel image, no weights (tiny preset)
+
+
+class Vocoder(str, Enum):
+    HIFIGAN = "hifigan"  # AudioLDM's HiFi-GAN, ported to plain torch
+    GRIFFIN_LIM = "griffin-lim"  # weight-free fallback
+
+
+class TemporalPos(str, Enum):
+    SINCOS = "sincos"
+    LEARNED = "learned"
+    NONE = "none"
+
+
+class BetaSchedule(str, Enum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class LossType(str, Enum):
+    HYBRID = "hybrid"  # L_simple + L_vlb, as DiT
+    MSE = "mse"  # L_simple only (variance channels unused)
+
+
+class LrSchedule(str, Enum):
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+
+class TrainMode(str, Enum):
+    FINETUNE = "finetune"  # adapters only, frozen backbone
+    PRETRAIN = "pretrain"  # all DiT weights, single frames, no audio (makes the tiny backbone)
+
+
+class Sampler(str, Enum):
+    DDPM = "ddpm"
+    DDIM = "ddim"
+    DPM_SOLVER = "dpm++"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
+METRICS = ("fvd", "kvd", "fad", "av-align")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """The frozen DiT backbone and the AV-DiT adapters around it (DESIGN section 2)."""
+
+    # Backbone: DiT-XL/2 at 256 by default. `backbone_repo` is fetched by `avdit download`;
+    # `backbone_path` (a file or folder) overrides it.
+    backbone_repo: str = "facebook/DiT-XL-2-256"
+    backbone_path: str | None = None
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000  # the embedding table has one more row: the null class
+    learn_sigma: bool = True
+    # Audio branch: latents (audio_channels, T_a, M_a) cut into audio_patch_size² patches.
+    audio_patch_size: int = 2
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    # Video branch
+    temporal_pos: TemporalPos = TemporalPos.SINCOS
+    # Joint block(s): inserted after each listed backbone block (negative counts from the end).
+    joint: bool = True
+    joint_after: tuple[int, ...] = (-1,)
+    joint_lora_rank: int = 8
+    # A trainable class table (zero-initialised offset) for class-conditional fine-tuning (Landscape).
+    trainable_class_table: bool = False
+    grad_checkpointing: bool = False
+
+    @property
+    def out_channels_factor(self) -> int:
+        return 2 if self.learn_sigma else 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The clip protocol (DESIGN sections 1 and 4)."""
+
+    num_frames: int = 16
+    fps: float = 10.0
+    frame_size: int = 256
+    sample_rate: int = 16000
+    stride_seconds: float | None = None  # None: non-overlapping windows
+    video_codec: VideoCodec = VideoCodec.SD_VAE
+    video_vae_repo: str = "stabilityai/sd-vae-ft-ema"
+    pixel_downsample: int = 8  # only for the `pixels` codecs
+    audio_codec: AudioCodec = AudioCodec.AUDIOLDM_VAE
+    audio_vae_repo: str = "cvssp/audioldm-s-full-v2"
+    audio_pixel_downsample: int = 4  # only for the `pixels` audio codec
+    vocoder: Vocoder = Vocoder.HIFIGAN
+    # Mel front end (AudioLDM)
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    class_folders: bool = False  # Landscape: the parent folder's name is the class
+    hflip: bool = False  # applied at load time, never frozen into the cache
+    shard_size: int = 256  # clips per cache shard
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.num_frames / self.fps
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.clip_seconds * self.sample_rate)
+
+    @property
+    def mel_frames(self) -> int:
+        return self.clip_samples // self.hop_length
+
+    @property
+    def video_factor(self) -> int:
+        return 8 if self.video_codec is VideoCodec.SD_VAE else self.pixel_downsample
+
+    @property
+    def video_channels(self) -> int:
+        return 4 if self.video_codec is VideoCodec.SD_VAE else 3
+
+    @property
+    def audio_factor(self) -> int:
+        return 4 if self.audio_codec is AudioCodec.AUDIOLDM_VAE else self.audio_pixel_downsample
+
+    @property
+    def audio_channels(self) -> int:
+        return 8 if self.audio_codec is AudioCodec.AUDIOLDM_VAE else 1
+
+    @property
+    def video_latent_shape(self) -> tuple[int, int, int, int]:
+        """(f, c, h, w) of one clip's video latents."""
+        s = self.frame_size // self.video_factor
+        return (self.num_frames, self.video_channels, s, s)
+
+    @property
+    def audio_latent_shape(self) -> tuple[int, int, int]:
+        """(c, T_a, M_a) of one clip's audio latents."""
+        return (self.audio_channels, self.mel_frames // self.audio_factor, self.n_mels // self.audio_factor)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """DESIGN section 3."""
+
+    num_timesteps: int = 1000
+    beta_schedule: BetaSchedule = BetaSchedule.LINEAR
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    loss: LossType = LossType.HYBRID
+    video_loss_weight: float = 1.0
+    audio_loss_weight: float = 1.0
+    # Independent timesteps per modality so one model can also do audio->video and video->audio.
+    independent_timesteps: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """DESIGN section 5 (finetune)."""
+
+    mode: TrainMode = TrainMode.FINETUNE
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    steps: int = 100_000
+    warmup_steps: int = 0
+    lr_schedule: LrSchedule = LrSchedule.CONSTANT
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    precision: Precision = Precision.BF16  # bf16 autocast on GPU; CPU always runs fp32
+    compile: bool = False
+    checkpoint_every: int = 5000
+    keep: int = 3
+    log_every: int = 50
+    seed: int = 0
+    num_workers: int = 4
+    class_dropout: float = 0.1  # label dropout for classifier-free guidance (class-conditional runs only)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: Sampler = Sampler.DDPM
+    steps: int = 250
+    eta: float = 0.0
+    cfg_scale: float = 1.0
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 2048
+    seed: int = 0
+    metrics: tuple[str, ...] = METRICS
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- plain data --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        return _build(cls, data, prefix="")
+
+    def replace(self, **overrides: Any) -> "Config":
+        """``config.replace(**{"train.lr": 1e-4})``: dotted keys, checked like ``--set``."""
+        return _set_values(self, [(k, _to_plain(v)) for k, v in overrides.items()])
+
+    def hash(self, *sections: str) -> str:
+        """A short stable hash of the given sections (all when none), e.g. to key a cache on `data`."""
+        d = self.to_dict()
+        picked = {s: d[s] for s in sections} if sections else d
+        blob = json.dumps(picked, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Config).items() if k != "name"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation of values that types alone cannot catch
+# ----------------------------------------------------------------------------------------------------------
+def _fail(key: str, given: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}: got {given!r}, expected {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    m, d, df, t, s, e = cfg.model, cfg.data, cfg.diffusion, cfg.train, cfg.sample, cfg.eval
+    positive_ints = {
+        "model.hidden_size": m.hidden_size, "model.depth": m.depth, "model.num_heads": m.num_heads,
+        "model.patch_size": m.patch_size, "model.audio_patch_size": m.audio_patch_size,
+        "data.num_frames": d.num_frames, "data.frame_size": d.frame_size, "data.sample_rate": d.sample_rate,
+        "data.n_fft": d.n_fft, "data.win_length": d.win_length, "data.hop_length": d.hop_length,
+        "data.n_mels": d.n_mels, "data.shard_size": d.shard_size, "data.pixel_downsample": d.pixel_downsample,
+        "data.audio_pixel_downsample": d.audio_pixel_downsample,
+        "diffusion.num_timesteps": df.num_timesteps, "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum, "train.steps": t.steps, "train.checkpoint_every": t.checkpoint_every,
+        "train.keep": t.keep, "train.log_every": t.log_every, "sample.steps": s.steps,
+        "sample.batch_size": s.batch_size, "eval.num_samples": e.num_samples, "eval.batch_size": e.batch_size,
+    }
+    for key, v in positive_ints.items():
+        if v < 1:
+            _fail(key, v, "an integer >= 1")
+    if m.hidden_size % m.num_heads:
+        _fail("model.hidden_size", m.hidden_size, f"a multiple of model.num_heads ({m.num_heads})")
+    if m.num_classes < 0:
+        _fail("model.num_classes", m.num_classes, "an integer >= 0")
+    if m.lora_rank < 0 or m.joint_lora_rank < 0:
+        _fail("model.lora_rank", (m.lora_rank, m.joint_lora_rank), "ranks >= 0 (0 turns LoRA off)")
+    for target in m.lora_targets:
+        if target not in LORA_TARGETS:
+            _fail("model.lora_targets", list(m.lora_targets), f"a subset of {list(LORA_TARGETS)}")
+    for k in m.joint_after:
+        if not -m.depth <= k < m.depth:
+            _fail("model.joint_after", list(m.joint_after), f"block indices in [-{m.depth}, {m.depth - 1}]")
+    if len({k % m.depth for k in m.joint_after}) != len(m.joint_after):
+        _fail("model.joint_after", list(m.joint_after), "distinct block indices")
+    if d.fps <= 0:
+        _fail("data.fps", d.fps, "a number > 0")
+    if d.stride_seconds is not None and d.stride_seconds <= 0:
+        _fail("data.stride_seconds", d.stride_seconds, "a number > 0, or null for non-overlapping clips")
+    step = m.patch_size * d.video_factor
+    if d.frame_size % step:
+        _fail("data.frame_size", d.frame_size,
+              f"a multiple of model.patch_size x video codec factor = {m.patch_size} x {d.video_factor} = {step}")
+    if abs(d.clip_seconds * d.sample_rate - d.clip_samples) > 1e-6:
+        _fail("data.sample_rate", d.sample_rate, "a rate that gives a whole number of samples per clip")
+    if d.clip_samples % d.hop_length:
+        _fail("data.hop_length", d.hop_length, f"a divisor of the clip's {d.clip_samples} samples")
+    if d.win_length > d.n_fft:
+        _fail("data.win_length", d.win_length, f"<= data.n_fft ({d.n_fft})")
+    if not 0 <= d.f_min < d.f_max <= d.sample_rate / 2:
+        _fail("data.f_max", d.f_max, f"f_min < f_max <= sample_rate / 2 ({d.sample_rate / 2:g})")
+    a_step = m.audio_patch_size * d.audio_factor
+    if d.mel_frames % a_step or d.n_mels % a_step:
+        _fail("model.audio_patch_size", m.audio_patch_size,
+              f"a size such that mel frames ({d.mel_frames}) and data.n_mels ({d.n_mels}) divide by "
+              f"audio_patch_size x audio codec factor ({d.audio_factor})")
+    if not 0 < df.beta_start < df.beta_end < 1:
+        _fail("diffusion.beta_end", df.beta_end, f"0 < beta_start ({df.beta_start}) < beta_end < 1")
+    if df.video_loss_weight < 0 or df.audio_loss_weight < 0:
+        _fail("diffusion.video_loss_weight", (df.video_loss_weight, df.audio_loss_weight), "weights >= 0")
+    if t.lr <= 0:
+        _fail("train.lr", t.lr, "a number > 0")
+    if not 0 <= t.ema_decay < 1:
+        _fail("train.ema_decay", t.ema_decay, "a number in [0, 1)")
+    if t.grad_clip < 0:
+        _fail("train.grad_clip", t.grad_clip, "a number >= 0 (0 turns clipping off)")
+    if t.warmup_steps < 0:
+        _fail("train.warmup_steps", t.warmup_steps, "an integer >= 0")
+    if not 0 <= t.class_dropout < 1:
+        _fail("train.class_dropout", t.class_dropout, "a number in [0, 1)")
+    if t.num_workers < 0:
+        _fail("train.num_workers", t.num_workers, "an integer >= 0")
+    if s.steps > df.num_timesteps:
+        _fail("sample.steps", s.steps, f"at most diffusion.num_timesteps ({df.num_timesteps})")
+    if not 0 <= s.eta <= 1:
+        _fail("sample.eta", s.eta, "a number in [0, 1]")
+    if s.cfg_scale < 0:
+        _fail("sample.cfg_scale", s.cfg_scale, "a number >= 0 (1 turns guidance off)")
+    for metric in e.metrics:
+        if metric not in METRICS:
+            _fail("eval.metrics", list(e.metrics), f"a subset of {list(METRICS)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dict <-> dataclass, with type checking
+# ----------------------------------------------------------------------------------------------------------
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` (from YAML/JSON or a parsed --set) against the annotation `tp`; return the typed value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        _fail(key, value, _type_name(tp))
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str):  # a single item given where a list is expected
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            _fail(key, value, _type_name(tp))
+        return tuple(_coerce(v, item_tp, key) for v in value)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            _fail(key, value, _type_name(tp))
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(key, value, "true/false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(key, value, "a string")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a bug in this module, not user input
+
+
+def _build(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        _fail(prefix.rstrip(".") or "config", data, "a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+            + ", ".join(sorted(names))
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], diff: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in diff.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Presets and overrides
+# ----------------------------------------------------------------------------------------------------------
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def load_preset(name_or_path: str | Path = "aist", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A preset by name (``presets/NAME.yaml``) or a YAML path, merged over the defaults, then ``--set``s."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
+        path = PRESETS_DIR / f"{text}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown preset {text!r}; available presets: {', '.join(available_presets())} (or a YAML file path)"
+            )
+    elif not path.is_file():
+        raise ConfigError(f"preset file {text} does not exist")
+    diff = _read_yaml(path)
+    diff.setdefault("name", path.stem)
+    try:
+        cfg = Config.from_dict(diff)
+    except ConfigError as err:
+        raise ConfigError(f"{path.name}: {err}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=1e-4"`` -> ``("train.lr", 0.0001)``: the value is read as YAML, so lists and null work."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``--set KEY=VALUE`` strings in order."""
+    return _set_values(cfg, [parse_override(item) for item in overrides])
+
+
+def _set_values(cfg: Config, items: list[tuple[str, Any]]) -> Config:
+    if not items:
+        return cfg
+    data = cfg.to_dict()
+    for key, value in items:
+        parts = key.split(".")
+        if parts == ["name"]:
+            data["name"] = value
+            continue
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(
+                f"override key {key!r}: expected SECTION.FIELD with SECTION one of {', '.join(SECTIONS)}"
+            )
+        section, fld = parts
+        names = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        if fld not in names:
+            raise ConfigError(f"unknown config key {key}; allowed keys in {section}: {', '.join(sorted(names))}")
+        tp = typing.get_type_hints(SECTIONS[section])[fld]
+        # YAML reads "1e-4" as a string and "5" as an int: let numbers and quoted numbers through as floats.
+        if isinstance(value, str) and _accepts(tp, float):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        data[section][fld] = value
+    return Config.from_dict(data)
+
+
+def _accepts(tp: Any, target: type) -> bool:
+    if tp is target:
+        return True
+    return target in typing.get_args(tp)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
