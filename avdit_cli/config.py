@@ -147,7 +147,7 @@ class DataConfig:
     f_max: float = 8000.0
     class_folders: bool = False  # Landscape: the parent folder's name is the class
     hflip: bool = False  # applied at load time, never frozen into the cache
-    shard_size: int = 256  # clips per cache shard
+    files_per_shard: int = 16  # source files per cache shard: a shard is the unit of work and of resuming
 
     @property
     def clip_seconds(self) -> float:
@@ -296,7 +296,7 @@ def validate(cfg: Config) -> None:
         "model.patch_size": m.patch_size, "model.audio_patch_size": m.audio_patch_size,
         "data.num_frames": d.num_frames, "data.frame_size": d.frame_size, "data.sample_rate": d.sample_rate,
         "data.n_fft": d.n_fft, "data.win_length": d.win_length, "data.hop_length": d.hop_length,
-        "data.n_mels": d.n_mels, "data.shard_size": d.shard_size, "data.pixel_downsample": d.pixel_downsample,
+        "data.n_mels": d.n_mels, "data.files_per_shard": d.files_per_shard, "data.pixel_downsample": d.pixel_downsample,
         "data.audio_pixel_downsample": d.audio_pixel_downsample,
         "diffusion.num_timesteps": df.num_timesteps, "train.batch_size": t.batch_size,
         "train.grad_accum": t.grad_accum, "train.steps": t.steps, "train.checkpoint_every": t.checkpoint_every,

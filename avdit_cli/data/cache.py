@@ -1,0 +1,252 @@
+"""The latent cache that `preprocess` writes and `finetune` reads.
+
+Layout of a cache folder::
+
+    manifest.json              merged view: config, codecs, every clip, every skipped file
+    skipped.jsonl              one line per skipped file with its reason (also in the manifest)
+    shards/shard_00000.safetensors   video (n, f, c, h, w), audio (n, c_a, T_a, M_a), label (n,), flags (n,)
+    shards/shard_00000.json          the shard's clips and skipped files; written last, so it marks the shard done
+
+A shard holds the clips of a fixed group of source files (files sorted by relative path, cut into groups of
+``data.files_per_shard``). A shard's content therefore depends only on its own files: shards can be made in
+any order, by several processes or ranks, and a rerun simply skips the shards whose JSON exists. That is
+what makes an interrupted run resume to exactly the result of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from avdit_cli.errors import DataError
+
+MANIFEST = "manifest.json"
+SKIPPED = "skipped.jsonl"
+SHARDS = "shards"
+CACHE_VERSION = 1
+FLAG_AUDIO_PADDED = 1  # bit 0 of a clip's flags: its audio was shorter than the window and was zero-padded
+FLAG_NAMES = {FLAG_AUDIO_PADDED: "audio-padded"}
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Planning: which files go to which shard
+# ----------------------------------------------------------------------------------------------------------
+def find_videos(data_dir: Path) -> list[Path]:
+    """Video files under `data_dir` (recursive), sorted by relative path so every run plans the same shards."""
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir} is not a folder; give the folder that holds your video files")
+    files = [p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
+    return sorted(files, key=lambda p: p.relative_to(data_dir).as_posix())
+
+
+def class_names(data_dir: Path, files: Sequence[Path]) -> list[str]:
+    """Landscape style: the parent folder of each file is its class (files directly in data_dir: none)."""
+    names = {p.relative_to(data_dir).parts[0] for p in files if len(p.relative_to(data_dir).parts) > 1}
+    return sorted(names)
+
+
+def plan_shards(files: Sequence[Path], files_per_shard: int) -> list[list[Path]]:
+    return [list(files[i : i + files_per_shard]) for i in range(0, len(files), files_per_shard)]
+
+
+def shard_stem(index: int) -> str:
+    return f"shard_{index:05d}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The manifest
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class CacheHeader:
+    """What a cache was made with. A rerun with a different header is refused, never mixed."""
+
+    config_hash: str
+    data: dict[str, Any]
+    codecs: dict[str, Any]
+    data_dir: str
+    classes: list[str] = field(default_factory=list)
+    version: int = CACHE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "config_hash": self.config_hash, "data": self.data,
+                "codecs": self.codecs, "data_dir": self.data_dir, "classes": self.classes}
+
+
+def check_or_write_header(cache_dir: Path, header: CacheHeader) -> None:
+    """Refuse a cache made with another config; write the header of a new cache."""
+    path = cache_dir / "header.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("config_hash") != header.config_hash or old.get("codecs") != header.codecs:
+            raise DataError(
+                f"{cache_dir} holds a cache made with another data config or codecs "
+                f"(hash {old.get('config_hash')} vs {header.config_hash}); use another -o folder or delete it"
+            )
+        if old.get("classes") != header.classes:
+            raise DataError(f"{cache_dir} was made from a folder with other classes; use another -o folder")
+        return
+    atomic_write_json(path, header.to_dict())
+
+
+def shard_done(cache_dir: Path, index: int) -> bool:
+    return (cache_dir / SHARDS / f"{shard_stem(index)}.json").exists()
+
+
+def write_shard(cache_dir: Path, index: int, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+    """Tensors first, then the JSON record: the JSON's existence means the whole shard is there."""
+    base = cache_dir / SHARDS / shard_stem(index)
+    if tensors:
+        atomic_save_tensors(base.with_suffix(".safetensors"), tensors, metadata={"avdit_cache": str(CACHE_VERSION)})
+    atomic_write_json(base.with_suffix(".json"), record)
+
+
+def merge_manifest(cache_dir: Path, num_shards: int) -> dict[str, Any]:
+    """Merge the header and every shard record into manifest.json and skipped.jsonl (in shard order)."""
+    header = json.loads((cache_dir / "header.json").read_text())
+    clips: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    shards: list[dict[str, Any]] = []
+    for index in range(num_shards):
+        path = cache_dir / SHARDS / f"{shard_stem(index)}.json"
+        if not path.exists():
+            raise DataError(f"shard {index} of {cache_dir} is missing; rerun `avdit preprocess` to finish the cache")
+        record = json.loads(path.read_text())
+        n = len(record["clips"])
+        shards.append({"file": f"{SHARDS}/{shard_stem(index)}.safetensors" if n else None, "clips": n})
+        for row, clip in enumerate(record["clips"]):
+            clips.append({**clip, "shard": index, "row": row})
+        skipped.extend(record["skipped"])
+    manifest = {**header, "num_clips": len(clips), "shards": shards, "clips": clips, "skipped": skipped}
+    atomic_write_json(cache_dir / MANIFEST, manifest)
+    atomic_write_bytes(cache_dir / SKIPPED, "".join(json.dumps(s) + "\n" for s in skipped).encode())
+    return manifest
+
+
+def read_manifest(cache_dir: Path) -> dict[str, Any]:
+    path = cache_dir / MANIFEST
+    if not path.exists():
+        raise DataError(f"no latent cache at {cache_dir}; make one with `avdit preprocess DATA_DIR`")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading: a Dataset for training
+# ----------------------------------------------------------------------------------------------------------
+class LatentCache(Dataset):
+    """Clips of a cache folder, read lazily from the safetensors shards (memory-mapped by safetensors).
+
+    Items are dicts: ``video`` (f, c, h, w), ``audio`` (c_a, T_a, M_a), ``label`` () int64 (-1: none),
+    ``audio_ok`` () bool (False when the audio was padded), ``index`` () int64.
+    ``hflip``: each item is flipped left-right with probability 1/2, decided by (seed, epoch, index) so
+    the same run sees the same flips; it is applied here, never frozen into the cache. The flip acts on
+    the latents (w axis): for convolutional VAEs this approximates encoding the flipped frames.
+    """
+
+    def __init__(self, cache_dir: str | Path, hflip: bool = False, seed: int = 0,
+                 expect: dict[str, Any] | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.manifest = read_manifest(self.cache_dir)
+        if expect is not None and self.manifest["config_hash"] != expect["config_hash"]:
+            raise DataError(
+                f"the cache at {self.cache_dir} was made with another data config; rerun `avdit preprocess` "
+                "with this preset or point --cache at the right folder"
+            )
+        self.clips = self.manifest["clips"]
+        if not self.clips:
+            raise DataError(f"the cache at {self.cache_dir} holds no clips; see its skipped.jsonl")
+        self.hflip = hflip
+        self.seed = seed
+        self.epoch = 0
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard(self, index: int) -> Any:
+        handle = self._handles.get(index)
+        if handle is None:
+            path = self.cache_dir / self.manifest["shards"][index]["file"]
+            handle = safe_open(str(path), framework="pt")
+            self._handles[index] = handle
+        return handle
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handles
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        clip = self.clips[i]
+        shard = self._shard(clip["shard"])
+        row = clip["row"]
+        video = shard.get_slice("video")[row : row + 1][0]
+        audio = shard.get_slice("audio")[row : row + 1][0]
+        if self.hflip:
+            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)
+            if torch.rand((), generator=g) < 0.5:
+                video = video.flip(-1)
+        return {
+            "video": video.float(),
+            "audio": audio.float(),
+            "label": torch.tensor(clip.get("label", -1), dtype=torch.int64),
+            "audio_ok": torch.tensor(FLAG_AUDIO_PADDED not in _flag_bits(clip.get("flags", []))),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }
+
+    def iter_shards(self) -> Iterator[dict[str, torch.Tensor]]:
+        for index, shard in enumerate(self.manifest["shards"]):
+            if shard["file"]:
+                h = self._shard(index)
+                yield {k: h.get_tensor(k) for k in h.keys()}
+
+
+def _flag_bits(flags: list[str]) -> set[int]:
+    names = {v: k for k, v in FLAG_NAMES.items()}
+    return {names[f] for f in flags if f in names}
