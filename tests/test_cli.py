@@ -88,3 +88,13 @@ def test_bad_usage_is_exit_2() -> None:
 def test_python_dash_m_works() -> None:
     out = subprocess.run([sys.executable, "-m", "avdit_cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("avdit ")
+
+
+def test_info_params_counts_the_paper_model_without_weights() -> None:
+    result = runner.invoke(app, ["info", "--preset", "aist", "--params", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    total = rows["total"]
+    assert rows["backbone"]["total"] == 674_834_720 and rows["backbone"]["trainable"] == 0
+    assert total["total"] == total["frozen"] + total["trainable"]
+    assert 0 < total["trainable"] < total["total"] / 4

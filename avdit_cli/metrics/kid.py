@@ -1,0 +1,73 @@
+"""Kernel (video) distance: unbiased MMD^2 with the cubic polynomial kernel (KID / KVD).
+
+    k(x, y) = (x . y / d + 1)^3
+    MMD^2_u = sum_{i != j} k(x_i, x_j) / (n (n - 1)) + sum_{i != j} k(y_i, y_j) / (m (m - 1))
+              - 2 sum_{i, j} k(x_i, y_j) / (n m)
+
+The default is this full unbiased estimate on all samples (deterministic). With ``subset_size`` it is averaged
+over random equal-size subsets drawn with a seeded generator, the way StyleGAN / torch-fidelity compute KID.
+
+Scale: the functions return the raw MMD^2. Papers usually print KID / KVD multiplied by 1000
+(``KVD_DISPLAY_SCALE``); metrics.json stores the raw value with its display scale beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from avdit_cli.errors import DataError
+
+KVD_DISPLAY_SCALE = 1000.0
+KVD_DEGREE = 3
+
+
+def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = KVD_DEGREE) -> np.ndarray:
+    """(x @ y.T / d + 1)^degree for x (n, d), y (m, d) -> (n, m), float64."""
+    d = x.shape[1]
+    return (x @ y.T / d + 1.0) ** degree
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int) -> float:
+    n, m = x.shape[0], y.shape[0]
+    k_xx = polynomial_kernel(x, x, degree)  # (n, n)
+    k_yy = polynomial_kernel(y, y, degree)  # (m, m)
+    k_xy = polynomial_kernel(x, y, degree)  # (n, m)
+    # Unbiased: the diagonal terms k(x_i, x_i) are left out of the within-set sums.
+    xx = (k_xx.sum() - np.trace(k_xx)) / (n * (n - 1))
+    yy = (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(xx + yy - 2.0 * k_xy.mean())
+
+
+def kvd(
+    feats1: np.ndarray,
+    feats2: np.ndarray,
+    subset_size: int | None = None,
+    num_subsets: int = 100,
+    seed: int = 0,
+    degree: int = KVD_DEGREE,
+) -> float:
+    """Raw (unscaled) unbiased polynomial-kernel MMD^2 between feats1 (n, d) and feats2 (m, d).
+
+    ``subset_size=None`` uses every sample once; otherwise the mean over ``num_subsets`` subsets of
+    ``min(subset_size, n, m)`` samples of each set, drawn without replacement from ``np.random.default_rng(seed)``.
+    """
+    x = np.asarray(feats1, dtype=np.float64)
+    y = np.asarray(feats2, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise DataError(f"KVD needs two (samples, dims) arrays of the same dims, got {x.shape} and {y.shape}.")
+    if min(x.shape[0], y.shape[0]) < 2:
+        raise DataError(f"KVD needs at least 2 samples in each set, got {x.shape[0]} and {y.shape[0]}.")
+    if subset_size is None:
+        return _mmd2_unbiased(x, y, degree)
+
+    size = min(subset_size, x.shape[0], y.shape[0])
+    if size < 2:
+        raise DataError(f"KVD subset size must be at least 2, got {subset_size}.")
+    rng = np.random.default_rng(seed)
+    values = [
+        _mmd2_unbiased(
+            x[rng.choice(x.shape[0], size, replace=False)], y[rng.choice(y.shape[0], size, replace=False)], degree
+        )
+        for _ in range(num_subsets)
+    ]
+    return float(np.mean(values))

@@ -1,0 +1,117 @@
+"""The new, trainable parts of AV-DiT (DESIGN section 2). Every one starts as an exact no-op on the video path.
+
+- ``LoRA``: a low-rank delta added to a frozen linear layer's output, ``B`` zero-initialised.
+- ``TemporalAttention``: attention over the frames of each spatial token, output projection zero-initialised.
+- ``JointBlockAdapter``: the trainable parameters of a joint block that reuses a frozen DiT block over the
+  concatenated audio + video tokens of one clip (modality embeddings, joint LoRA, zero gates).
+
+Axis letters: b batch, f frames, n tokens, d hidden.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from timm.layers import Attention
+from torch import Tensor, nn
+
+from avdit_cli.models.dit import DiTBlock, modulate
+
+class LoRA(nn.Module):
+    """``x -> up(down(x)) * alpha / rank``: the delta of a frozen ``nn.Linear``. ``up`` starts at zero."""
+
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, alpha: float, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=False)
+        self.scaling = alpha / rank
+        if not self.down.weight.is_meta:
+            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)  # as peft
+            nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x)) * self.scaling
+
+
+def block_lora(
+    block: DiTBlock, targets: tuple[str, ...], rank: int, alpha: float, generator: torch.Generator | None = None
+) -> nn.ModuleDict:
+    """LoRA deltas for the named frozen linear layers of one block (empty when rank is 0)."""
+    layers: dict[str, nn.Linear] = {
+        "qkv": block.attn.qkv, "proj": block.attn.proj, "fc1": block.mlp.fc1, "fc2": block.mlp.fc2,
+    }
+    if rank <= 0:
+        return nn.ModuleDict()
+    return nn.ModuleDict({
+        name: LoRA(layers[name].in_features, layers[name].out_features, rank, alpha, generator) for name in targets
+    })
+
+
+class TemporalAttention(nn.Module):
+    """Attention across frames, per spatial position: ``(b f) n d -> (b f) n d`` delta (zero at init).
+
+    The temporal position embedding is added to this layer's input only, never to the residual stream, so a
+    zero output projection leaves the frozen DiT's per-frame computation untouched.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
+        self.attn.fused_attn = True  # SDPA regardless of TIMM_FUSED_ATTN
+        if not self.attn.qkv.weight.is_meta:
+            nn.init.xavier_uniform_(self.attn.qkv.weight, generator=generator)
+            nn.init.zeros_(self.attn.qkv.bias)
+            nn.init.zeros_(self.attn.proj.weight)
+            nn.init.zeros_(self.attn.proj.bias)
+
+    def forward(self, x: Tensor, num_frames: int, pos: Tensor | None) -> Tensor:
+        # x (b f) n d; pos (f, d) or None
+        n = x.shape[1]
+        h = rearrange(self.norm(x), "(b f) n d -> (b n) f d", f=num_frames)
+        if pos is not None:
+            h = h + pos.to(h.dtype)
+        h = self.attn(h)
+        return rearrange(h, "(b n) f d -> (b f) n d", n=n)
+
+
+class JointBlockAdapter(nn.Module):
+    """Trainable parts of a joint block; the frozen DiT block is passed in at call time.
+
+    The block is reused by reference, not copied: it is frozen, so sharing it is exact and costs no memory, and
+    the backbone stays the only owner of its weights (freezing and checkpoints go by module ownership).
+    Both residual branches are scaled by per-modality gates that start at zero, so at initialisation the
+    joint block is an exact identity; modality embeddings (zero) are added to the attention's input only.
+    """
+
+    def __init__(
+        self, block: DiTBlock, lora_targets: tuple[str, ...], rank: int, alpha: float,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        d = block.norm1.normalized_shape[0]
+        self.modality_embed = nn.Parameter(torch.zeros(2, d))  # row 0 video, row 1 audio
+        self.attn_gate = nn.Parameter(torch.zeros(2, d))
+        self.mlp_gate = nn.Parameter(torch.zeros(2, d))
+        self.lora = block_lora(block, lora_targets, rank, alpha, generator)
+
+    def forward(self, block: DiTBlock, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor) -> tuple[Tensor, Tensor]:
+        # xv (b, f*n_v, d) all frames of a clip; xa (b, n_a, d); cv, ca (b, d)
+        # Each modality keeps its own adaLN modulation (its own timestep); only attention mixes them.
+        sv, sa = block.modulation(cv), block.modulation(ca)  # shift/scale/gate msa, then mlp: six (b, d)
+        lora = self.lora if len(self.lora) else None
+        hv = modulate(block.norm1(xv), sv[0], sv[1]) + self.modality_embed[0].to(xv.dtype)
+        ha = modulate(block.norm1(xa), sa[0], sa[1]) + self.modality_embed[1].to(xa.dtype)
+        o = block.attention(torch.cat([hv, ha], dim=1), lora)  # (b, f*n_v + n_a, d)
+        ov, oa = o.split([xv.shape[1], xa.shape[1]], dim=1)
+        xv = xv + self.attn_gate[0] * (sv[2].unsqueeze(1) * ov)
+        xa = xa + self.attn_gate[1] * (sa[2].unsqueeze(1) * oa)
+        ov = block.feed_forward(modulate(block.norm2(xv), sv[3], sv[4]), lora)
+        oa = block.feed_forward(modulate(block.norm2(xa), sa[3], sa[4]), lora)
+        xv = xv + self.mlp_gate[0] * (sv[5].unsqueeze(1) * ov)
+        xa = xa + self.mlp_gate[1] * (sa[5].unsqueeze(1) * oa)
+        return xv, xa

@@ -1,0 +1,255 @@
+"""AV-DiT: one frozen image DiT shared by video and audio, plus small trainable adapters (DESIGN section 2).
+
+```
+video (b, f, c, h, w) --x_embedder (frozen)--> (b f) n_v d + 2-D sin-cos pos
+audio (b, c_a, T_a, M_a) --audio_embedder (new)--> b n_a d + 2-D sin-cos pos
+c = t_embedder(t) + y_embedder(y) (+ trainable class offset)              frozen
+for each frozen block k:
+    video: spatial attn -> temporal attn (new, zero out) -> MLP         (b f) n_v d
+    audio: the same block with audio LoRA (new, B zero)                   b n_a d
+    if k in joint_after: joint block over b (f n_v + n_a) d               (frozen block k + new adapter)
+video: final_layer (frozen) -> (b, f, 2c, h, w);  audio: audio_final_layer (new, zero) -> (b, 2c_a, T_a, M_a)
+```
+
+Frozen versus trainable is decided by module ownership: everything under ``self.backbone`` is frozen, every
+other module is new and trained. At initialisation the video output equals the frozen DiT on each frame alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from einops import rearrange, repeat
+from timm.layers import PatchEmbed
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from avdit_cli.config import Config, ModelConfig, TemporalPos
+from avdit_cli.errors import ConfigError, WeightsError
+from avdit_cli.models.adapters import JointBlockAdapter, TemporalAttention, block_lora
+from avdit_cli.models.dit import DiT, FinalLayer, sincos_1d, sincos_2d
+
+
+class AVDiT(nn.Module):
+    """The frozen ``backbone`` (a :class:`DiT`) + temporal attention, audio adapters and joint block(s).
+
+    ``video_shape`` is (f, c, h, w) of one clip's latents (f: the most frames a learned temporal position
+    embedding supports), ``audio_shape`` is (c_a, T_a, M_a). Without a backbone a randomly initialised DiT of
+    the config's sizes is built (for tests and parameter counts); normally pass ``DiT.from_pretrained(...)[0]``.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        video_shape: tuple[int, int, int, int],
+        audio_shape: tuple[int, int, int],
+        backbone: DiT | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        num_frames, c, h, w = video_shape
+        c_a, t_a, m_a = audio_shape
+        p_a = cfg.audio_patch_size
+        if h != w:
+            raise ConfigError(f"video latents must be square for the DiT backbone; got {h}x{w}")
+        if t_a % p_a or m_a % p_a:
+            raise ConfigError(f"audio latents {t_a}x{m_a} do not divide into model.audio_patch_size={p_a} patches")
+        if backbone is None:
+            backbone = DiT.from_config(cfg, input_size=h, in_channels=c, generator=generator)
+        _check_backbone(backbone, cfg, c, h)
+        self.cfg = cfg
+        self.video_shape = tuple(video_shape)
+        self.audio_shape = tuple(audio_shape)
+        self.grad_checkpointing = cfg.grad_checkpointing
+
+        # Frozen: the backbone is the only owner of pretrained weights.
+        self.backbone = backbone
+        self.backbone.requires_grad_(False)
+        d, heads = backbone.hidden_size, backbone.num_heads
+
+        # Video branch: temporal attention in every block, one shared temporal position embedding.
+        self.temporal = nn.ModuleList(TemporalAttention(d, heads, generator) for _ in range(backbone.depth))
+        self.temporal_pos: nn.Parameter | None = None
+        if cfg.temporal_pos is TemporalPos.LEARNED:
+            self.temporal_pos = nn.Parameter(torch.zeros(num_frames, d))
+            if not self.temporal_pos.is_meta:
+                nn.init.normal_(self.temporal_pos, std=0.02, generator=generator)
+
+        # Audio branch: new patch embedding and final layer, LoRA on the frozen blocks (audio tokens only).
+        self.audio_embedder = PatchEmbed((t_a, m_a), p_a, c_a, d, bias=True, strict_img_size=False)
+        self.audio_lora = nn.ModuleList(
+            block_lora(block, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, generator) for block in backbone.blocks
+        )
+        self.audio_out_channels = c_a * cfg.out_channels_factor
+        self.audio_final_layer = FinalLayer(d, p_a, self.audio_out_channels)
+        self._init_audio(generator)
+
+        # Joint block(s): the trainable parts; the frozen block is looked up in the backbone when called.
+        after = sorted({k % backbone.depth for k in cfg.joint_after}) if cfg.joint else []
+        self.joint = nn.ModuleDict({
+            str(k): JointBlockAdapter(backbone.blocks[k], cfg.lora_targets, cfg.joint_lora_rank, cfg.lora_alpha,
+                                      generator)
+            for k in after
+        })
+
+        # Optional class-conditional fine-tuning: a zero offset on the frozen class table.
+        self.class_offset: nn.Embedding | None = None
+        if cfg.trainable_class_table:
+            self.class_offset = nn.Embedding(backbone.num_classes + 1, d)
+            nn.init.zeros_(self.class_offset.weight)
+
+    @classmethod
+    def from_config(cls, cfg: Config, backbone: DiT | None = None, generator: torch.Generator | None = None) -> "AVDiT":
+        return cls(cfg.model, cfg.data.video_latent_shape, cfg.data.audio_latent_shape, backbone, generator)
+
+    @torch.no_grad()
+    def _init_audio(self, generator: torch.Generator | None) -> None:
+        if self.audio_embedder.proj.weight.is_meta:
+            return
+        w = self.audio_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1), generator=generator)  # as DiT's x_embedder
+        nn.init.zeros_(self.audio_embedder.proj.bias)
+        for layer in (self.audio_final_layer.adaLN_modulation[-1], self.audio_final_layer.linear):  # adaLN-Zero
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # -- ownership -----------------------------------------------------------------------------------------
+    def adapter_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The new parameters: every one not owned by the backbone module."""
+        frozen = {id(p) for p in self.backbone.parameters()}
+        return [(name, p) for name, p in self.named_parameters() if id(p) not in frozen]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.adapter_named_parameters()]
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """Only the trained tensors (no backbone weights), detached."""
+        return {name: p.detach() for name, p in self.adapter_named_parameters()}
+
+    @torch.no_grad()
+    def load_adapter_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Strict: every adapter tensor must be present with its exact shape, and nothing else."""
+        expected = dict(self.adapter_named_parameters())
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        mismatched = [
+            f"{k}: {tuple(state[k].shape)} vs expected {tuple(expected[k].shape)}"
+            for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape
+        ]
+        parts = [f"{label}: {', '.join(keys[:8])}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys]
+        if parts:
+            raise WeightsError("adapter weights do not fit this model (check the config they were trained with): "
+                               + "; ".join(parts))
+        for name, p in expected.items():
+            p.copy_(state[name])
+
+    # -- forward -------------------------------------------------------------------------------------------
+    def _check_inputs(
+        self, video: Tensor, audio: Tensor, t_video: Tensor, t_audio: Tensor | None, y: Tensor | None
+    ) -> None:
+        bb = self.backbone
+        s, c_a, p_a = bb.input_size, self.audio_shape[0], self.cfg.audio_patch_size
+        if video.ndim != 5 or video.shape[2] != bb.in_channels or video.shape[-2:] != (s, s):
+            raise ValueError(
+                f"video has shape {tuple(video.shape)}; expected (batch, frames, {bb.in_channels}, {s}, {s})"
+            )
+        if audio.ndim != 4 or audio.shape[1] != c_a or audio.shape[2] % p_a or audio.shape[3] % p_a:
+            raise ValueError(f"audio has shape {tuple(audio.shape)}; expected (batch, {c_a}, T_a, M_a) with T_a and "
+                             f"M_a multiples of the audio patch size {p_a}")
+        b = video.shape[0]
+        for name, v in (("audio", audio), ("t_video", t_video), ("t_audio", t_audio), ("y", y)):
+            if v is not None and (v.shape[0] != b or (name != "audio" and v.ndim != 1)):
+                raise ValueError(f"{name} has shape {tuple(v.shape)}; expected a batch of {b} like the video")
+        if self.temporal_pos is not None and video.shape[1] > self.temporal_pos.shape[0]:
+            raise ValueError(f"{video.shape[1]} frames given; the learned temporal position embedding has "
+                             f"{self.temporal_pos.shape[0]} (model.temporal_pos=sincos or none allows any count)")
+
+    def _condition(self, t: Tensor, y: Tensor | None) -> Tensor:
+        c = self.backbone.condition(t, y)  # (b, d), frozen
+        if self.class_offset is not None:
+            if y is None:
+                y = torch.full_like(t, self.backbone.num_classes, dtype=torch.long)
+            c = c + self.class_offset(y)
+        return c
+
+    def _temporal_pos(self, num_frames: int, device: torch.device) -> Tensor | None:
+        if self.cfg.temporal_pos is TemporalPos.LEARNED:
+            return self.temporal_pos[:num_frames]
+        if self.cfg.temporal_pos is TemporalPos.SINCOS:
+            pos = torch.arange(num_frames, device="cpu")
+            return sincos_1d(pos, self.backbone.hidden_size).to(device=device, dtype=torch.float32)
+        return None
+
+    def _video_block(self, k: int, xv: Tensor, cv: Tensor, num_frames: int, tpos: Tensor | None) -> Tensor:
+        temporal = self.temporal[k]
+        return self.backbone.blocks[k](xv, cv, after_attn=lambda x: x + temporal(x, num_frames, tpos))
+
+    def _audio_block(self, k: int, xa: Tensor, ca: Tensor) -> Tensor:
+        lora = self.audio_lora[k]
+        return self.backbone.blocks[k](xa, ca, lora=lora if len(lora) else None)
+
+    def _joint_block(self, k: int, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor, num_frames: int
+                     ) -> tuple[Tensor, Tensor]:
+        n = xv.shape[1]
+        clip = rearrange(xv, "(b f) n d -> b (f n) d", f=num_frames)  # all tokens of one clip in one sequence
+        clip, xa = self.joint[str(k)](self.backbone.blocks[k], clip, xa, cv, ca)
+        return rearrange(clip, "b (f n) d -> (b f) n d", n=n), xa
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one block's step, through activation checkpointing when switched on and training."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def forward(
+        self,
+        video: Tensor,
+        audio: Tensor,
+        t_video: Tensor,
+        t_audio: Tensor | None = None,
+        y: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """video (b, f, c, h, w), audio (b, c_a, T_a, M_a), timesteps (b,) -> {"video": (b, f, 2c, h, w),
+        "audio": (b, 2c_a, T_a, M_a)}. ``t_audio=None`` uses ``t_video``; ``y=None`` is the null class."""
+        self._check_inputs(video, audio, t_video, t_audio, y)
+        bb = self.backbone
+        b, f = video.shape[:2]
+        p_a = self.cfg.audio_patch_size
+        gh, gw = audio.shape[2] // p_a, audio.shape[3] // p_a
+
+        xv = bb.embed(rearrange(video, "b f c h w -> (b f) c h w"))  # (b f) n_v d
+        xa = self.audio_embedder(audio.to(self.audio_embedder.proj.weight.dtype))  # b n_a d
+        xa = xa + sincos_2d(gh, gw, bb.hidden_size, xa.device).to(xa.dtype)
+        cv = self._condition(t_video, y)  # (b, d)
+        ca = cv if t_audio is None else self._condition(t_audio, y)
+        cv_frames = repeat(cv, "b d -> (b f) d", f=f)
+        tpos = self._temporal_pos(f, xv.device)
+
+        for k in range(bb.depth):
+            xv = self._call(self._video_block, k, xv, cv_frames, f, tpos)
+            xa = self._call(self._audio_block, k, xa, ca)
+            if str(k) in self.joint:
+                xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f)
+
+        video_out = bb.unpatchify(bb.final_layer(xv, cv_frames), bb.grid_size, bb.grid_size)  # (b f) 2c h w
+        audio_out = rearrange(
+            self.audio_final_layer(xa, ca), "b (h w) (p q c) -> b c (h p) (w q)",
+            h=gh, w=gw, p=p_a, q=p_a, c=self.audio_out_channels,
+        )
+        return {"video": rearrange(video_out, "(b f) c h w -> b f c h w", b=b), "audio": audio_out}
+
+
+def _check_backbone(backbone: DiT, cfg: ModelConfig, channels: int, size: int) -> None:
+    want = {
+        "hidden_size": cfg.hidden_size, "depth": cfg.depth, "num_heads": cfg.num_heads,
+        "patch_size": cfg.patch_size, "num_classes": cfg.num_classes, "learn_sigma": cfg.learn_sigma,
+        "mlp_ratio": cfg.mlp_ratio,
+        "in_channels": channels, "input_size": size,
+    }
+    have = backbone.arch()
+    wrong = [f"{k}={have[k]} (config/data say {v})" for k, v in want.items() if have[k] != v]
+    if wrong:
+        raise ConfigError("the backbone does not match the config: " + ", ".join(wrong)
+                          + "; set the model.* fields to the backbone's sizes")

@@ -1,0 +1,254 @@
+"""AV-DiT: identity at step 0, frozen stays frozen, shapes, adapter checkpoints, checkpointing, param counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from _models_fixtures import (
+    AUDIO_SHAPE,
+    VIDEO_SHAPE,
+    av_inputs,
+    random_backbone,
+    randomize_adapters,
+    rel_err,
+    tiny_cfg,
+)
+
+from avdit_cli.config import TemporalPos, load_preset
+from avdit_cli.errors import ConfigError, WeightsError
+from avdit_cli.models import AVDiT, DiT, parameter_counts
+from avdit_cli.models.adapters import block_lora
+
+
+def build(seed: int = 0, **overrides: object) -> AVDiT:
+    cfg = tiny_cfg(**overrides)
+    return AVDiT(cfg, VIDEO_SHAPE, AUDIO_SHAPE, backbone=random_backbone(cfg, seed),
+                 generator=torch.Generator().manual_seed(seed + 100))
+
+
+# ---- identity at step 0 ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(temporal_pos=TemporalPos.SINCOS),
+        dict(temporal_pos=TemporalPos.LEARNED),
+        dict(temporal_pos=TemporalPos.NONE),
+        dict(temporal_pos=TemporalPos.SINCOS, joint_after=(-1,), trainable_class_table=True),
+        dict(temporal_pos=TemporalPos.LEARNED, joint=False),
+    ],
+    ids=["sincos-joint0", "learned-joint0", "none-joint0", "sincos-jointlast-classes", "learned-nojoint"],
+)
+def test_identity_at_step_0(overrides: dict) -> None:
+    model = build(**overrides).eval()
+    assert model.cfg.joint is False or len(model.joint) == 1
+    x = av_inputs(b=2, f=3)
+    with torch.no_grad():
+        out = model(**x)
+        for i in range(3):  # the frozen DiT on each frame alone
+            frame = model.backbone(x["video"][:, i], x["t_video"], x["y"])
+            assert frame.abs().max() > 0.1
+            assert rel_err(out["video"][:, i], frame) <= 1e-6
+    assert torch.count_nonzero(out["audio"]) == 0  # the audio final layer starts at zero, like DiT's
+
+
+def test_identity_needs_the_zero_inits() -> None:
+    """The identity test can fail: move one adapter and the video output moves."""
+    model = build().eval()
+    x = av_inputs()
+    with torch.no_grad():
+        model.temporal[0].attn.proj.weight.normal_()
+        frame = model.backbone(x["video"][:, 0], x["t_video"], x["y"])
+        assert rel_err(model(**x)["video"][:, 0], frame) > 1e-3
+
+
+def test_audio_lora_with_zero_b_is_the_frozen_block() -> None:
+    model = build()
+    block, lora = model.backbone.blocks[0], model.audio_lora[0]
+    assert set(lora) == {"qkv", "proj", "fc1", "fc2"}
+    x, c = torch.randn(2, 8, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, c, lora=lora), block(x, c), atol=1e-6, rtol=1e-6)
+        lora["fc1"].up.weight.normal_()
+        assert (block(x, c, lora=lora) - block(x, c)).abs().max() > 1e-3
+
+
+# ---- frozen stays frozen -----------------------------------------------------------------------------------
+def test_training_changes_only_the_adapters() -> None:
+    model = build(temporal_pos=TemporalPos.LEARNED, trainable_class_table=True).train()
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainable_before = {k: v.clone() for k, v in model.adapter_state_dict().items()}
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    # Ownership: the trainable set is exactly the parameters of the non-backbone children.
+    new = {id(p) for name, child in model.named_children() if name != "backbone" for p in child.parameters()}
+    new |= {id(model.temporal_pos)}
+    assert {id(p) for p in model.trainable_parameters()} == new
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+    for step in range(4):
+        x = av_inputs(seed=step)
+        out = model(**x)
+        loss = out["video"].square().mean() + (out["audio"] - 1).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in model.backbone.parameters())
+        opt.step()
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, backbone_before[k]), f"backbone tensor {k} changed"
+    unchanged = [k for k, v in model.adapter_state_dict().items() if torch.equal(v, trainable_before[k])]
+    assert unchanged == []
+
+
+def test_joint_block_reuses_the_frozen_block_by_reference() -> None:
+    model = build(joint_after=(-1,))
+    assert list(model.joint) == ["1"]  # -1 = after the last of 2 blocks
+    adapter = model.joint["1"]
+    assert not any(isinstance(m, type(model.backbone.blocks[0])) for m in adapter.modules())
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    assert not any(id(p) in backbone_ids for p in adapter.parameters())
+    d, r = 32, 4
+    lora = r * (d + 3 * d) + r * (d + d) + r * (d + 4 * d) + r * (4 * d + d)
+    assert sum(p.numel() for p in adapter.parameters()) == 3 * 2 * d + lora  # no copy of the block's weights
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in model.state_dict().values())
+
+
+# ---- shapes and errors ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", [TemporalPos.SINCOS, TemporalPos.LEARNED])
+@pytest.mark.parametrize("frames, t_a", [(1, 8), (2, 4), (3, 12)])
+def test_output_shapes(kind: TemporalPos, frames: int, t_a: int) -> None:
+    model = build(temporal_pos=kind).eval()
+    x = av_inputs(b=2, f=frames, t_a=t_a, classes=False)
+    x["t_audio"] = None
+    with torch.no_grad():
+        out = model(**x)
+    assert out["video"].shape == (2, frames, 8, 8, 8)
+    assert out["audio"].shape == (2, 4, t_a, 4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda x: x.update(video=x["video"][:, :, :3]), "video has shape"),
+        (lambda x: x.update(video=torch.randn(2, 3, 4, 16, 16)), "video has shape"),
+        (lambda x: x.update(audio=x["audio"][:, :1]), "audio has shape"),
+        (lambda x: x.update(audio=torch.randn(2, 2, 7, 4)), "multiples of the audio patch size"),
+        (lambda x: x.update(audio=x["audio"][:1]), "audio has shape"),
+        (lambda x: x.update(t_video=x["t_video"][:1]), "t_video has shape"),
+        (lambda x: x.update(y=torch.zeros(2, 1, dtype=torch.long)), "y has shape"),
+        (lambda x: x.update(video=torch.randn(2, 4, 4, 8, 8)), "learned temporal position embedding"),
+    ],
+)
+def test_wrong_inputs_are_clear_errors(change, message: str) -> None:
+    model = build(temporal_pos=TemporalPos.LEARNED)
+    x = av_inputs()
+    change(x)
+    with pytest.raises(ValueError, match=message):
+        model(**x)
+
+
+def test_backbone_that_does_not_fit_the_config_is_a_config_error() -> None:
+    cfg = tiny_cfg()
+    other = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=2, num_classes=10)
+    with pytest.raises(ConfigError, match="hidden_size=64"):
+        AVDiT(cfg, VIDEO_SHAPE, AUDIO_SHAPE, backbone=other)
+
+
+# ---- adapter checkpoints ---------------------------------------------------------------------------------------
+def test_adapter_state_dict_round_trip() -> None:
+    model = build(trainable_class_table=True)
+    randomize_adapters(model)
+    sd = model.adapter_state_dict()
+    backbone_ptrs = {p.data_ptr() for p in model.backbone.parameters()}
+    assert sd and not any(k.startswith("backbone.") for k in sd)
+    assert not any(v.data_ptr() in backbone_ptrs for v in sd.values())
+    fresh = AVDiT(model.cfg, VIDEO_SHAPE, AUDIO_SHAPE, backbone=model.backbone)
+    x = av_inputs()
+    with torch.no_grad():
+        assert not torch.equal(fresh(**x)["audio"], model(**x)["audio"])
+        fresh.load_adapter_state_dict({k: v.clone() for k, v in sd.items()})
+        for key in ("video", "audio"):
+            torch.testing.assert_close(fresh(**x)[key], model(**x)[key], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("edit", ["drop", "extra", "reshape"])
+def test_load_adapter_state_dict_is_strict(edit: str) -> None:
+    model = build()
+    sd = dict(model.adapter_state_dict())
+    key = "temporal.1.attn.qkv.weight"
+    if edit == "drop":
+        del sd[key]
+    elif edit == "extra":
+        key = "backbone.blocks.0.attn.qkv.weight"
+        sd[key] = torch.zeros(96, 32)
+    else:
+        sd[key] = torch.zeros(3, 3)
+    with pytest.raises(WeightsError, match=key.replace(".", r"\.")):
+        model.load_adapter_state_dict(sd)
+
+
+# ---- gradient checkpointing and autocast ------------------------------------------------------------------
+def test_grad_checkpointing_gives_the_same_gradients() -> None:
+    model = build(temporal_pos=TemporalPos.LEARNED).train()
+    randomize_adapters(model)
+    x = av_inputs()
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.grad_checkpointing = ckpt
+        out = model(**x)
+        (out["video"].square().mean() + out["audio"].square().mean()).backward()
+        grads.append([p.grad.clone() for p in model.trainable_parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_forward_and_backward() -> None:
+    model = build().train()
+    randomize_adapters(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**av_inputs())
+        loss = out["video"].float().square().mean() + out["audio"].float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.trainable_parameters())
+
+
+# ---- parameter counts -----------------------------------------------------------------------------------------
+def test_parameter_counts_match_a_real_model() -> None:
+    cfg = load_preset("tiny")
+    rows = {r.name: r for r in parameter_counts(cfg)}
+    model = AVDiT.from_config(cfg)
+    trainable = sum(p.numel() for p in model.trainable_parameters())
+    assert rows["total"].trainable == trainable
+    assert rows["total"].frozen == rows["backbone"].total == sum(p.numel() for p in model.backbone.parameters())
+    assert rows["backbone"].trainable == 0 and rows["class table"].total == 0
+    assert rows["audio LoRA"].total == sum(p.numel() for p in model.audio_lora.parameters())
+    assert sum(r.total for r in rows.values() if r.name != "total") == rows["total"].total
+
+
+def test_parameter_counts_of_the_paper_setting_on_meta() -> None:
+    rows = {r.name: r for r in parameter_counts(load_preset("aist"))}
+    assert rows["backbone"].total == rows["backbone"].frozen == 674_834_720  # DiT-XL/2
+    d, depth, r = 1152, 28, 8
+    lora_per_block = r * (d + 3 * d) + r * (d + d) + r * (d + 4 * d) + r * (4 * d + d)
+    assert rows["audio LoRA"].trainable == depth * lora_per_block
+    assert rows["joint block adapters"].trainable == lora_per_block + 6 * d
+
+
+def test_lora_rank_zero_means_no_lora() -> None:
+    cfg = dataclasses.replace(tiny_cfg(), lora_rank=0)
+    assert len(block_lora(random_backbone(cfg).blocks[0], cfg.lora_targets, 0, 1.0)) == 0
+    model = AVDiT(cfg, VIDEO_SHAPE, AUDIO_SHAPE, backbone=random_backbone(cfg))
+    assert sum(p.numel() for p in model.audio_lora.parameters()) == 0
+    with torch.no_grad():
+        model(**av_inputs())
+
+
+def test_construction_is_deterministic_given_a_generator() -> None:
+    cfg = tiny_cfg(temporal_pos=TemporalPos.LEARNED)
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # must not matter
+        model = AVDiT(cfg, VIDEO_SHAPE, AUDIO_SHAPE, generator=torch.Generator().manual_seed(7))
+        states.append(model.state_dict())
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
