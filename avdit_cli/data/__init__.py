@@ -1,1 +1,9 @@
+"""Data: media I/O through the bundled ffmpeg, clip cutting, the synthetic demo data and its sync score.
 
+Public entry points (import from the submodules):
+
+- ``media``: ``probe``, ``read_video``, ``read_audio``, ``write_mp4``, ``MediaInfo``, ``MediaError``;
+- ``clips``: ``load_clips`` (probe + read + cut, one file), ``cut_clips``, ``Clip``;
+- ``synthetic``: ``make_dataset``, ``render_clip``;
+- ``sync``: ``sync_score``, ``shuffled_baseline``, ``mean_f1``.
+"""

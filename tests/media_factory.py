@@ -1,0 +1,146 @@
+"""Test clips made on the fly with the bundled ffmpeg (``-f lavfi`` sources), small and fast.
+
+Import from tests: ``from media_factory import make_clip, make_flash_beep, ...`` (pytest puts ``tests/`` on the
+path; the files are written wherever the caller says, normally under ``tmp_path``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
+
+
+def ffmpeg(*args: str) -> None:
+    """Run the bundled ffmpeg; raise with its stderr when it fails."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
+
+
+def _layout(channels: int) -> str:
+    return {1: "mono", 2: "stereo"}[channels]
+
+
+def make_clip(
+    path: Path,
+    seconds: float = 2.0,
+    fps: float = 25,
+    size: tuple[int, int] = (64, 64),
+    sample_rate: int = 44100,
+    channels: int = 2,
+    video: str | None = "testsrc2",
+    audio: str | None = "sine",
+    video_offset: float = 0.0,
+    audio_offset: float = 0.0,
+    audio_seconds: float | None = None,
+    faststart: bool = True,
+    sar: str | None = None,
+) -> Path:
+    """A clip of `seconds` with a lavfi video source (testsrc2, color, ...) and audio (sine, anoisesrc, ...).
+
+    video / audio None leaves that stream out. *_offset starts that stream later in the file (-itsoffset).
+    `sar` (e.g. "2/1") tags non-square pixels. Odd sizes are encoded as yuv444p (libx264 accepts them).
+    """
+    w, h = size
+    args: list[str] = []
+    if video is not None:
+        src = f"{video}=size={w}x{h}:rate={fps}:duration={seconds}"
+        if video == "color":
+            src = f"color=c=0x3060a0:size={w}x{h}:rate={fps}:duration={seconds}"
+        args += ["-itsoffset", str(video_offset), "-f", "lavfi", "-i", src]
+    if audio is not None:
+        a_sec = seconds if audio_seconds is None else audio_seconds
+        if audio == "sine":
+            src = f"sine=frequency=440:sample_rate={sample_rate}:duration={a_sec}"
+        elif audio == "anoisesrc":
+            src = f"anoisesrc=color=pink:amplitude=0.3:sample_rate={sample_rate}:duration={a_sec}:seed=1"
+        else:
+            src = f"{audio}:sample_rate={sample_rate}:duration={a_sec}"
+        args += ["-itsoffset", str(audio_offset), "-f", "lavfi", "-i", src]
+    if video is not None:
+        # sources round odd sizes down to even: scale to the exact size
+        vf = f"scale={w}:{h},setsar={sar or 1}"
+        pix = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
+        args += ["-map", "0:v", "-vf", vf, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix]
+    if audio is not None:
+        args += ["-map", f"{1 if video is not None else 0}:a", "-c:a", "aac", "-ac", str(channels),
+                 "-ar", str(sample_rate)]
+    if faststart:
+        args += ["-movflags", "+faststart"]
+    ffmpeg(*args, str(path))
+    return path
+
+
+def make_framed(path: Path, size: tuple[int, int], seconds: float = 1.0, fps: float = 10, sar: str | None = None,
+                inner: tuple[int, int] | None = None) -> Path:
+    """A red frame with a green centre square (the part a centre crop must keep), plus a sine track.
+
+    `size` is the stored size; `inner` the stored size of the green centre (default: the short side squared).
+    """
+    w, h = size
+    iw, ih = inner or (min(w, h), min(w, h))
+    x, y = (w - iw) // 2, (h - ih) // 2
+    vf = f"drawbox=x={x}:y={y}:w={iw}:h={ih}:color=0x00ff00:t=fill" + (f",setsar={sar}" if sar else "")
+    pix = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
+    ffmpeg("-f", "lavfi", "-i", f"color=c=red:size={w}x{h}:rate={fps}:duration={seconds}",
+           "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:duration={seconds}",
+           "-vf", vf, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix, "-c:a", "aac", str(path))
+    return path
+
+
+def make_flash_beep(
+    path: Path,
+    flash_at: float,
+    seconds: float = 3.0,
+    fps: float = 25,
+    size: tuple[int, int] = (64, 64),
+    sample_rate: int = 44100,
+    channels: int = 2,
+    video_offset: float = 0.0,
+    audio_offset: float = 0.0,
+    length: float = 0.2,
+) -> Path:
+    """Black video that turns white for `length` s and a 1 kHz beep for the same `length` s, both at `flash_at`
+    seconds of the file's timeline. With offsets, each stream starts later and its event is placed so the two
+    still coincide at `flash_at` in the file."""
+    w, h = size
+    # drawbox sees the timestamps after -itsoffset (the file's clock); aevalsrc's t is the stream's own clock
+    tv, ta = flash_at, flash_at - audio_offset
+    vf = f"drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable='between(t,{tv},{tv + length})'"
+    beep = f"if(between(t,{ta},{ta + length}),0.8*sin(2*PI*1000*t),0)"
+    exprs = "|".join([beep] * channels)
+    pix = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
+    ffmpeg("-itsoffset", str(video_offset), "-f", "lavfi",
+           "-i", f"color=c=black:size={w}x{h}:rate={fps}:duration={seconds - video_offset}",
+           "-itsoffset", str(audio_offset), "-f", "lavfi",
+           "-i", f"aevalsrc=exprs='{exprs}':channel_layout={_layout(channels)}:sample_rate={sample_rate}"
+                 f":duration={seconds - audio_offset}",
+           "-map", "0:v", "-map", "1:a", "-vf", vf, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix,
+           "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(path))
+    return path
+
+
+def rotate(src: Path, dst: Path, degrees: float = 90) -> Path:
+    """Remux with a display-rotation tag (as phones write portrait video): stored sideways, shown upright."""
+    ffmpeg("-display_rotation", str(degrees), "-i", str(src), "-c", "copy", str(dst))
+    return dst
+
+
+def truncate(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    """Copy the first `fraction` of `src`'s bytes: a cut-off download."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def make_text(path: Path) -> Path:
+    path.write_text("this is not a video\n" * 20)
+    return path
+
+
+def make_empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
