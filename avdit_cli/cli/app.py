@@ -9,6 +9,7 @@ import typer
 
 from avdit_cli import __version__
 from avdit_cli.cli.info import info
+from avdit_cli.cli.preprocess import preprocess
 
 app = typer.Typer(
     name="avdit",
@@ -39,6 +40,7 @@ def root(
 
 # Commands arrive with the issue that makes them work; `--help` never lists one that does not.
 app.command()(info)
+app.command()(preprocess)
 
 
 def main() -> None:

@@ -1,0 +1,62 @@
+"""`avdit preprocess`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from avdit_cli.cli.common import PresetOption, SetOption, cli_errors, console, is_main_rank
+from avdit_cli.config import load_preset
+from avdit_cli.pipelines.preprocess import PreprocessStatus, preprocess as run_preprocess
+
+
+@cli_errors
+def preprocess(
+    data_dir: Path = typer.Argument(..., help="Folder of videos with sound (searched recursively)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache folder [default: where finetune looks]."),
+    preset: str = PresetOption,
+    set_: Optional[List[str]] = SetOption,
+    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Decoding processes (0: decode inline)."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Clips per encoder batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: best]"),
+    stride: Optional[float] = typer.Option(None, "--stride", help="Seconds between clip starts [default: clip length]."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N files."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad file instead of skipping it."),
+) -> None:
+    """Decode and cut every video into clips and cache their video and audio latents (resumable)."""
+    overrides = list(set_ or [])
+    if stride is not None:
+        overrides.append(f"data.stride_seconds={stride}")
+    cfg = load_preset(preset, overrides)
+    columns = [TextColumn("[bold]preprocess"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
+               TextColumn("{task.fields[clips]} clips, {task.fields[rate]:.1f} clips/s"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True, disable=not is_main_rank()) as bar:
+        task = bar.add_task("files", total=None, clips=0, rate=0.0)
+
+        def on_progress(s: PreprocessStatus) -> None:
+            bar.update(task, total=s.files_total, completed=s.files_done, clips=s.clips, rate=s.clips_per_s)
+
+        summary = run_preprocess(cfg, data_dir, out, workers=workers, batch_size=batch_size, device=device,
+                                 limit=limit, strict=strict, progress=on_progress)
+    if not is_main_rank():
+        return
+    table = Table(title="preprocess", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("files seen", str(summary.files_seen))
+    table.add_row("clips made", str(summary.clips))
+    skipped = sum(summary.skipped_by_reason.values())
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(summary.skipped_by_reason.items()))
+    table.add_row("files skipped", f"{skipped}" + (f" ({detail})" if detail else ""))
+    table.add_row("audio-video", f"{summary.hours:.3f} h")
+    table.add_row("cache", f"{summary.cache_dir} ({summary.cache_bytes / 2**20:.1f} MiB)")
+    table.add_row("shards reused", str(summary.shards_reused))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    console.print(table)
+    if skipped:
+        console.print(f"skipped files and reasons: {summary.cache_dir / 'skipped.jsonl'}")

@@ -1,0 +1,66 @@
+"""One place that knows about torchrun: rank, world size, device, barriers, and the process group.
+
+Started by torchrun (WORLD_SIZE > 1), the first call sets up the default process group: NCCL on GPUs, gloo
+on CPUs. A plain single process gets a context with rank 0 of 1 and no-op collectives.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def default_device(self) -> str:
+        if torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return "cpu"
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_max(self, value: float) -> float:
+        """The largest value over ranks (e.g. a stop flag)."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def dist_context() -> DistContext:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_nccl = torch.cuda.is_available()
+        if use_nccl:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(minutes=30))
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank)
