@@ -20,3 +20,7 @@ class WeightsError(AvditError):
 
 class DataError(AvditError):
     """Input media or a cache cannot be used."""
+
+
+class TrainingError(AvditError):
+    """A training run cannot go on (a non-finite loss, an unusable checkpoint)."""

@@ -1,0 +1,49 @@
+"""Learning-rate schedules and the EMA of the trained weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from avdit_cli.config import LrSchedule, TrainConfig
+
+
+def lr_at(step: int, train: TrainConfig) -> float:
+    """Learning rate for optimiser step `step` (0-based): linear warmup, then constant or cosine to 0."""
+    if train.warmup_steps and step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.lr_schedule is LrSchedule.COSINE:
+        span = max(1, train.steps - train.warmup_steps)
+        progress = min(1.0, (step - train.warmup_steps) / span)
+        return train.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return train.lr
+
+
+class EMA:
+    """Exponential moving average of named parameters, kept in float32 beside the model.
+
+    The EMA starts equal to the initial weights and is updated after every optimiser step:
+    ``ema = decay * ema + (1 - decay) * param``.
+    """
+
+    def __init__(self, named: dict[str, nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.params = named
+        self.shadow = {k: p.detach().float().clone() for k, p in named.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for k, p in self.params.items():
+            self.shadow[k].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(sd)
+        if missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
+        for k in self.shadow:
+            self.shadow[k].copy_(sd[k])
