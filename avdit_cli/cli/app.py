@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from avdit_cli import __version__
+from avdit_cli.cli.download import download
 from avdit_cli.cli.finetune import finetune
 from avdit_cli.cli.info import info
 from avdit_cli.cli.preprocess import preprocess
@@ -41,6 +42,7 @@ def root(
 
 # Commands arrive with the issue that makes them work; `--help` never lists one that does not.
 app.command()(info)
+app.command()(download)
 app.command()(preprocess)
 app.command()(finetune)
 

@@ -1,0 +1,60 @@
+"""`avdit download`."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from avdit_cli.cli.common import PresetOption, SetOption, cli_errors, console
+from avdit_cli.config import load_preset
+from avdit_cli.errors import WeightsError
+from avdit_cli.hub import WeightsGroup
+from avdit_cli.pipelines import download as pipeline
+
+_ONLY_HELP = "Comma-separated subset: " + ", ".join(g.value for g in WeightsGroup) + "."
+
+
+def _size(n: Optional[int]) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n}"
+
+
+@cli_errors
+def download(
+    preset: str = PresetOption,
+    set_: Optional[List[str]] = SetOption,
+    only: Optional[str] = typer.Option(None, "--only", help=_ONLY_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision",
+                                           help="Fetch this revision instead of the pinned one (Hub entries)."),
+    check: bool = typer.Option(False, "--check", help="Only report what is present and missing (no network)."),
+) -> None:
+    """Fetch the backbone, codecs and eval extractors from the Hugging Face Hub (pinned, checked)."""
+    cfg = load_preset(preset, set_ or [])
+    groups = pipeline.parse_only(only)
+    if check:
+        rows = pipeline.check(cfg, groups, revision)
+    else:
+        rows = pipeline.download(cfg, groups, revision=revision,
+                                 progress=lambda msg: console.print(msg, highlight=False, markup=False))
+    if not rows:
+        console.print(f"preset {cfg.name} needs no downloaded weights (try --only eval for the eval extractors)")
+        return
+    table = Table(title=f"weights for preset {cfg.name}", title_justify="left")
+    for col in ("what", "repo", "revision", "size", "licence", "status", "where"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        style = "green" if r.ok else "red"
+        where = r.location or ("missing: " + ", ".join(r.missing))
+        table.add_row(r.title, r.repo, r.revision, _size(r.size), r.licence, f"[{style}]{r.status}[/{style}]", where)
+    console.print(table)
+    missing = [r for r in rows if not r.ok]
+    if missing:
+        only_arg = ",".join(dict.fromkeys(r.group for r in missing))
+        raise WeightsError(f"{len(missing)} missing; run `avdit download --preset {cfg.name} --only {only_arg}`")
