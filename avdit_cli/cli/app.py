@@ -10,6 +10,7 @@ import typer
 from avdit_cli import __version__
 from avdit_cli.cli.download import download
 from avdit_cli.cli.finetune import finetune
+from avdit_cli.cli.generate import generate
 from avdit_cli.cli.info import info
 from avdit_cli.cli.preprocess import preprocess
 
@@ -45,6 +46,7 @@ app.command()(info)
 app.command()(download)
 app.command()(preprocess)
 app.command()(finetune)
+app.command()(generate)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +191,9 @@ class HifiGanVocoder(MelVocoder):
 # ----------------------------------------------------------------------------------------------------------
 # Griffin-Lim
 # ----------------------------------------------------------------------------------------------------------
+LOG_FLOOR = math.log(1e-5)  # the mel front end's log-clamp
+
+
 class GriffinLimVocoder(MelVocoder):
     """Weight-free: ``exp`` of the log-mel -> linear magnitude by least squares -> Griffin-Lim phase, seeded.
 
@@ -221,6 +225,9 @@ class GriffinLimVocoder(MelVocoder):
         mel = as_btm(mel).to("cpu", torch.float32)  # (b, T, M)
         frames = mel.shape[1]
         length = frames * self.hop_length
+        # A generated mel can leave the range real audio has; clamp before exp so it cannot overflow to inf/NaN
+        # (log(1e-5) is the front end's floor; e^8 is far above any full-scale signal's mel magnitude).
+        mel = torch.nan_to_num(mel, nan=LOG_FLOOR).clamp(LOG_FLOOR, 8.0)
         mag = self.inverse_mel(rearrange(mel.exp(), "b t m -> b m t")).to(self.device)  # (b, n_fft/2 + 1, T)
         devices = [self.device] if self.device.type == "cuda" else []
         # torchaudio draws the initial phase from the global RNG: fork it so the result depends on `seed` only.

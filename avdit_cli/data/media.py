@@ -349,7 +349,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray | None, fp
             n = round(f / fps * sample_rate)
             mono = np.zeros(n, dtype="<f4")
             src = np.asarray(audio, dtype=np.float32).reshape(-1)[:n]
-            mono[: len(src)] = np.clip(src, -1.0, 1.0)
+            mono[: len(src)] = np.clip(np.nan_to_num(src, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
             fd, audio_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".f32", dir=path.parent)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(mono.tobytes())

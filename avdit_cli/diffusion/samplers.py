@@ -4,7 +4,9 @@ One entry point, :func:`sample`. The chain is ``diffusion`` respaced to ``steps`
 unless ``respacing`` says otherwise, e.g. ``"ddim50"``); the model always sees the original timesteps.
 Randomness: the initial noise and every per-step draw come from ``generator`` on the generator's own device
 (pass a CPU generator: that is our choice), in sorted modality order, then move to ``device`` - so a seed gives
-the same noise on a CPU and a GPU, and bit-identical samples on one device.
+the same noise on a CPU and a GPU, and bit-identical samples on one device. ``generator`` may also be a
+sequence of generators, one per sample: each sample's noise then comes from its own generator, so a sample
+does not depend on which batch (or which rank) it was drawn in.
 
 Conditional generation of one modality given another's clean latents (``known``):
 - ``'timestep'``: the known modality goes in clean with t = 0 at every step (for models trained with
@@ -31,8 +33,17 @@ KnownMode = Literal["timestep", "replace"]
 Progress = Callable[[int, int], None]
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
-    z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def _randn(shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype) -> Tensor:
+    if isinstance(generator, torch.Generator):
+        z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    else:  # one generator per sample: (b, ...) stacked from b draws of shape (...)
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32)
+                         for g in generator])
     return z.to(device=device, dtype=dtype)
 
 
@@ -55,7 +66,7 @@ def sample(
     sampler: str | Sampler = Sampler.DDPM,
     steps: int = 250,
     eta: float = 0.0,
-    generator: torch.Generator,
+    generator: Generators,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     known: Mapping[str, Tensor] | None = None,
@@ -116,7 +127,7 @@ class _Step:
     """One sampler's update x_i -> x_{i-1} for one modality, at index i of the respaced chain."""
 
     def __init__(
-        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: torch.Generator, clip: bool, eta: float
+        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators, clip: bool, eta: float
     ) -> None:
         self.chain, self.channel_dims, self.generator, self.clip, self.eta = chain, channel_dims, generator, clip, eta
 
@@ -172,7 +183,7 @@ class _DPMSolverPP2M(_Step):
     """
 
     def __init__(
-        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: torch.Generator, clip: bool, eta: float
+        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators, clip: bool, eta: float
     ) -> None:
         super().__init__(chain, channel_dims, generator, clip, eta)
         ab = chain.alphas_cumprod
