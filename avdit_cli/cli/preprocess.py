@@ -17,17 +17,23 @@ from avdit_cli.pipelines.preprocess import PreprocessStatus, preprocess as run_p
 @cli_errors
 def preprocess(
     data_dir: Path = typer.Argument(..., help="Folder of videos with sound (searched recursively)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache folder [default: where finetune looks]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache folder (default: where `finetune` looks for it)."),
     preset: str = PresetOption,
     set_: Optional[List[str]] = SetOption,
-    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Decoding processes (0: decode inline)."),
+    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Files decoded at once, each by its own ffmpeg process (0: one at a time)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Clips per encoder batch."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: best]"),
-    stride: Optional[float] = typer.Option(None, "--stride", help="Seconds between clip starts [default: clip length]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the best there is)."),
+    stride: Optional[float] = typer.Option(None, "--stride",
+                                           help="Seconds between clip starts (default: the clip length)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N files."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad file instead of skipping it."),
 ) -> None:
-    """Decode and cut every video into clips and cache their video and audio latents (resumable)."""
+    """Decode and cut every video into clips and cache their video and audio latents (resumable).
+
+    Bad files are skipped with a reason (skipped.jsonl), a rerun resumes, another config is refused.
+
+    Under `torchrun`, the files are split across ranks.
+    """
     overrides = list(set_ or [])
     if stride is not None:
         overrides.append(f"data.stride_seconds={stride}")
@@ -53,7 +59,7 @@ def preprocess(
     skipped = sum(summary.skipped_by_reason.values())
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(summary.skipped_by_reason.items()))
     table.add_row("files skipped", f"{skipped}" + (f" ({detail})" if detail else ""))
-    table.add_row("audio-video", f"{summary.hours:.3f} h")
+    table.add_row("audio-video", f"{summary.hours:.3f} h (source time the clips cover)")
     table.add_row("cache", f"{summary.cache_dir} ({summary.cache_bytes / 2**20:.1f} MiB)")
     table.add_row("shards reused", str(summary.shards_reused))
     table.add_row("time", f"{summary.seconds:.1f} s")

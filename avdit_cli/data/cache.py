@@ -126,19 +126,50 @@ def check_or_write_header(cache_dir: Path, header: CacheHeader) -> None:
                 f"{cache_dir} holds a cache made with another data config or codecs "
                 f"(hash {old.get('config_hash')} vs {header.config_hash}); use another -o folder or delete it"
             )
+        if old.get("data_dir") != header.data_dir:
+            # Relative paths alone cannot tell two folders apart (clip_0000.mp4 ...): never mix them.
+            raise DataError(f"{cache_dir} holds a cache of another folder ({old.get('data_dir')}); "
+                            "use another -o folder or delete it")
         if old.get("classes") != header.classes:
             raise DataError(f"{cache_dir} was made from a folder with other classes; use another -o folder")
         return
     atomic_write_json(path, header.to_dict())
 
 
-def shard_done(cache_dir: Path, index: int) -> bool:
-    return (cache_dir / SHARDS / f"{shard_stem(index)}.json").exists()
+def shard_record(cache_dir: Path, index: int) -> dict[str, Any] | None:
+    """The JSON record of a finished shard, or None when the shard is not done."""
+    path = cache_dir / SHARDS / f"{shard_stem(index)}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def shard_done(cache_dir: Path, index: int, files: Sequence[str] | None = None) -> bool:
+    """Whether shard `index` is finished; with `files` (paths relative to the data folder), also whether it
+    was made from exactly those files: a run with --limit, or a folder that gained files, plans other groups."""
+    record = shard_record(cache_dir, index)
+    if record is None:
+        return False
+    return files is None or record.get("files") == list(files)
+
+
+def remove_stale_temp_files(cache_dir: Path) -> int:
+    """Delete the temp files a killed run left behind (atomic writes never leave a partial real file)."""
+    n = 0
+    for folder in (cache_dir, cache_dir / SHARDS):
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
 
 
 def write_shard(cache_dir: Path, index: int, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
     """Tensors first, then the JSON record: the JSON's existence means the whole shard is there."""
     base = cache_dir / SHARDS / shard_stem(index)
+    # A shard being redone (another file plan) must not look done while its tensors are being replaced.
+    base.with_suffix(".json").unlink(missing_ok=True)
     if tensors:
         atomic_save_tensors(base.with_suffix(".safetensors"), tensors, metadata={"avdit_cache": str(CACHE_VERSION)})
     atomic_write_json(base.with_suffix(".json"), record)

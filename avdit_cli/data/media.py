@@ -50,6 +50,9 @@ class MediaError(DataError):
         self.detail = detail
         super().__init__(f"{path}: {detail} ({reason})")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # so it crosses a process pool intact
+        return (MediaError, (self.path, self.reason, self.detail))
+
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -211,7 +214,7 @@ def _first_pts(path: Path, index: int, kind: str) -> float | None:
     codec = ["-c:v", "rawvideo", "-frames:v", "1", "-fps_mode", "passthrough", "-enc_time_base:v", "demux"]
     if kind == "audio":
         codec = ["-c:a", "pcm_s16le", "-frames:a", "1"]
-    proc = _run(["-loglevel", "error", "-copyts", "-i", _input_arg(path), "-map", f"0:{index}", *codec,
+    proc = _run(["-loglevel", "error", "-threads", "1", "-copyts", "-i", _input_arg(path), "-map", f"0:{index}", *codec,
                  "-f", "framecrc", "pipe:1"])
     text = proc.stdout.decode(errors="replace")
     tb = re.search(r"^#tb \d+: (\d+)/(\d+)", text, re.M)
@@ -253,7 +256,8 @@ def check_complete(info: MediaInfo, decoded_seconds: float) -> None:
 
 
 def _decode(info: MediaInfo, args: list[str], what: str) -> bytes:
-    proc = _run(["-loglevel", "error", "-copyts", "-i", _input_arg(Path(info.path)), *args])
+    # One decoder thread: preprocess runs one ffmpeg per worker at once, and these clips are small.
+    proc = _run(["-loglevel", "error", "-threads", "1", "-copyts", "-i", _input_arg(Path(info.path)), *args])
     stderr = proc.stderr.decode(errors="replace")
     if "partial file" in stderr.lower():
         raise MediaError(info.path, "truncated", f"the {what} data stops before the end the header promises")
