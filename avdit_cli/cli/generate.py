@@ -17,31 +17,38 @@ from avdit_cli.pipelines.generate import GenerateOptions, generate as run_genera
 def generate(
     num: int = typer.Option(16, "--num", "-n", min=1, help="How many clips."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Folder for sample_*.mp4, samples.json, contact sheet."),
-    run: Optional[Path] = typer.Option(None, "--run", "--checkpoint", help="Run or checkpoint folder [default: latest run]."),
+    run: Optional[Path] = typer.Option(
+        None, "--run", "--checkpoint",
+        help="Run or checkpoint folder (default: latest run). Under torchrun spell it --checkpoint (torchrun "
+             "reads --run as an abbreviation of its own --run-path)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="[default: the run's sample.sampler]"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps [default: the run's]."),
+    sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="Sampler (default: the run's sample.sampler)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the run's)."),
     eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="DDIM eta."),
-    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0.0, help="Guidance scale (class-conditional runs)."),
+    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0.0,
+                                              help="Guidance scale (class-conditional runs)."),
     class_id: Optional[int] = typer.Option(None, "--class", min=0, help="Class id (class-conditional runs)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sample i uses seed + i [default: the run's sample.seed]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sample i uses seed + i (default: the run's sample.seed)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Clips per sampler batch."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: best]"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: best)"),
     audio_from: Optional[Path] = typer.Option(None, "--audio-from", help="Make video for the sound of this file."),
     video_from: Optional[Path] = typer.Option(None, "--video-from", help="Make sound for the frames of this file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace clips in a non-empty output folder."),
+    save_latents: bool = typer.Option(False, "--save-latents", help="Also write latents.safetensors (sample order)."),
 ) -> None:
     """Sample clips with sound from a fine-tuned run and write them as mp4 files."""
     opts = GenerateOptions(out_dir=out, num=num, checkpoint=run, ema=ema, sampler=sampler, steps=steps, eta=eta,
                            cfg_scale=cfg_scale, class_id=class_id, seed=seed, batch_size=batch_size, device=device,
-                           audio_from=audio_from, video_from=video_from, overwrite=overwrite)
-    columns = [TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total} clips"),
+                           audio_from=audio_from, video_from=video_from, overwrite=overwrite,
+                           save_latents=save_latents)
+    columns = [TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.fields[clips]}/{task.total} clips"),
                TextColumn("{task.fields[rate]:.1f} steps/s"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True, disable=not is_main_rank()) as bar:
-        task = bar.add_task("clips", total=num, rate=0.0)
+        task = bar.add_task("clips", total=num, rate=0.0, clips=0)
 
-        def on_progress(done: int, total: int, rate: float) -> None:
-            bar.update(task, total=total, completed=done, **({"rate": rate} if rate else {}))
+        def on_progress(done: float, total: int, rate: float) -> None:
+            # `done` is fractional inside a batch, so the ETA moves with the denoiser steps
+            bar.update(task, total=total, completed=done, clips=int(done), **({"rate": rate} if rate else {}))
 
         result = run_generate(opts, progress=on_progress)
     if is_main_rank():

@@ -1,18 +1,29 @@
 """`avdit generate`: sample joint audio-video clips from a fine-tuned run and write playable mp4 files.
 
-Sample i is drawn with its own generator seeded by ``seed + i``: it does not depend on the batch size, the
-batch it landed in or the rank that drew it, so N GPUs write the same files as one, and
+Sample i is drawn with its own generator seeded by ``seed + i`` and decoded on its own (the Griffin-Lim
+vocoder's seeded phase is drawn per call, so a batched call would tie a clip's audio to its batch-mates).
+The batches are planned over all ``num`` clips first and then dealt to the ranks, so every batch holds the
+same clips whatever the world size: N processes write byte-identical files to one. A different
+``--batch-size`` changes a sample only by float rounding (matmuls of another height round differently).
 ``--seed S+i -n 1`` redraws sample i alone.
 
-``--audio-from`` / ``--video-from`` condition on a given clip: its latents are the `known` modality of the
-sampler, and the written file carries the given audio (frames) themselves, untouched by any codec, beside
-the generated other track.
+``--audio-from`` / ``--video-from`` condition on the first clip of a given file: its latents are the `known`
+modality of the sampler, and the written file carries the given audio (frames) themselves, as read from the
+file (resampled to 16 kHz mono / resized and cropped), untouched by any latent codec, beside the generated
+other track. ``--audio-from`` accepts any file with sound (a .wav too), ``--video-from`` any file with video.
+
+Class-conditional runs (``model.trainable_class_table``) sample class ``--class`` with guidance scale
+``--cfg-scale``; without ``--class`` they sample the null class (unconditional, no guidance).
+
+Outputs in ``out_dir``: ``sample_00000.mp4`` ... (H.264 yuv420p + AAC mono, exactly ``num_frames / fps``
+seconds), ``samples.json`` (the run, checkpoint sha256, sampler settings, and per file its seed and timing),
+``contact_sheet.png`` (frames over the mel of the first 16 clips) and, with ``save_latents``,
+``latents.safetensors`` (``video`` (n, f, c, h, w) and ``audio`` (n, c, T, M), float32, in sample order).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +35,21 @@ from einops import rearrange
 
 from avdit_cli import __version__
 from avdit_cli.codecs import Codecs, build_codecs
-from avdit_cli.config import Config, Precision, Sampler, TrainMode, apply_overrides
-from avdit_cli.data.clips import Clip, load_clips
-from avdit_cli.data.media import write_mp4
+from avdit_cli.config import Config, DataConfig, Precision, Sampler, TrainMode, apply_overrides
+from avdit_cli.data.cache import atomic_save_tensors, atomic_write_json
+from avdit_cli.data.clips import Clip
+from avdit_cli.data.media import MediaError, probe, read_audio, read_video, write_mp4
 from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample
-from avdit_cli.errors import ConfigError, DataError, WeightsError
+from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.models import AVDiT, DiT, file_sha256
-from avdit_cli.pipelines.distributed import dist_context
+from avdit_cli.pipelines.distributed import DistContext, dist_context
 from avdit_cli.pipelines.preprocess import encode_clips
 from avdit_cli.pipelines.runs import Checkpoint, TENSORS, load_checkpoint
 
-CHANNEL_DIMS = {"video": 2, "audio": 1}
+CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) and (b, c, T, M)
+SHEET_CLIPS = 16  # clips shown on the contact sheet
+VOCODER_SEED = 0  # Griffin-Lim's initial phase: fixed, so a clip's audio depends on its latents only
+OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors")
 
 
 @dataclass
@@ -55,39 +70,53 @@ class GenerateOptions:
     video_from: Path | None = None
     overwrite: bool = False
     contact_sheet: bool = True
+    save_latents: bool = False  # also write latents.safetensors (and return them in the result)
 
 
 @dataclass
 class GenerateResult:
     out_dir: Path
-    files: list[Path]
+    files: list[Path]  # every sample's mp4, in sample order (all ranks')
     seconds: float
-    denoise_seconds: float
-    decode_seconds: float
+    denoise_seconds: float  # summed over the ranks
+    decode_seconds: float  # decode + mp4 writing, summed over the ranks
     samples_json: Path | None
     contact_sheet: Path | None
     records: list[dict[str, Any]] = field(default_factory=list)
+    latents: dict[str, torch.Tensor] | None = None  # with save_latents: video (n, f, c, h, w), audio (n, c, T, M)
 
 
-Progress = Callable[[int, int, float], None]  # (clips done, clips total, denoiser steps per second)
+# (clips done by this process - fractional inside a batch, clips this process draws, denoiser steps per second)
+Progress = Callable[[float, int, float], None]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Loading the model from a run
+# The run: checkpoint, config, model
 # ----------------------------------------------------------------------------------------------------------
+def open_checkpoint(path: Path | None) -> Checkpoint:
+    """The checkpoint of a run folder, a checkpoint folder, or (None) the latest run."""
+    if path is not None and not Path(path).exists():
+        raise TrainingError(f"{path} does not exist; give a run folder (or one of its checkpoints) made by "
+                            "`avdit finetune`")
+    return load_checkpoint(path)
+
+
 def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: bool = True) -> AVDiT:
     """The AV-DiT of a checkpoint: its backbone (checked against the recorded sha256) + its adapters."""
     if ckpt.state.get("mode") == TrainMode.PRETRAIN.value:
         raise ConfigError(f"{ckpt.path} is a pretrain run: it made an image backbone, not an AV-DiT; "
                           "fine-tune on it with `avdit finetune --set model.backbone_path=RUN/backbone`")
     ref = ckpt.state.get("backbone", {})
+    want = ref.get("sha256")
     path = Path(ref["path"]) if ref.get("path") else None
     if path is None or not path.exists():
+        if not (cfg.model.backbone_path or cfg.model.backbone_repo):
+            raise WeightsError(f"the backbone this run was trained on is gone ({path}); put it back there "
+                               f"(sha256 {str(want)[:12]}...)")
         from avdit_cli.hub import backbone_path
 
         path = backbone_path(cfg)
     backbone, report = DiT.from_pretrained(path, device=device)
-    want = ref.get("sha256")
     if want and report.sha256() != want:
         raise WeightsError(f"the backbone at {path} is not the one this run was trained on (sha256 "
                            f"{report.sha256()[:12]} vs {want[:12]}); point model.backbone_path at the right one")
@@ -98,39 +127,94 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
 
 def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
     """The run's config with this command's sampling choices applied."""
-    cfg = ckpt.config
     overrides = []
     for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta),
                        ("cfg_scale", opts.cfg_scale), ("seed", opts.seed), ("batch_size", opts.batch_size)):
         if value is not None:
             overrides.append(f"sample.{key}={value.value if isinstance(value, Sampler) else value}")
-    return apply_overrides(cfg, overrides)
+    return apply_overrides(ckpt.config, overrides)
+
+
+def resolve_device(name: str | None, ctx: DistContext) -> torch.device:
+    """--device, or the best one; a bare ``cuda`` under torchrun means this rank's GPU."""
+    if name is None:
+        return torch.device(ctx.default_device())
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: got {name!r}, expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", ctx.local_rank)
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device: got {name!r}, expected cpu, cuda or cuda:N")
+    return dev
+
+
+def plan_batches(num: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """This rank's batches of sample indices. Batches are cut from 0..num-1 first, then dealt round-robin, so
+    a batch holds the same samples whatever the world size (no duplicates, no gaps over the ranks)."""
+    batches = [list(range(i, min(num, i + batch_size))) for i in range(0, num, batch_size)]
+    return batches[rank::world_size]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Output folder, decoding, writing
+# Output folder
 # ----------------------------------------------------------------------------------------------------------
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder without ``overwrite`` (read-only: every rank may call it)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir} is a file; give a folder for the clips")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DataError(f"{out_dir} is not empty; pass --overwrite to replace its clips or choose another -o")
-        for old in list(out_dir.glob("sample_*.mp4")) + [out_dir / "samples.json", out_dir / "contact_sheet.png"]:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise DataError(f"{out_dir} is not empty; pass --overwrite to replace its clips or choose another -o")
+
+
+def clear_out_dir(out_dir: Path) -> None:
+    """Remove what an earlier generate wrote there (other files stay), and make the folder."""
+    if out_dir.is_dir():
+        for old in [*out_dir.glob("sample_*.mp4"), *(out_dir / name for name in OUTPUTS)]:
             old.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Conditioning clip, decoding, contact sheet
+# ----------------------------------------------------------------------------------------------------------
+def load_given_clip(path: Path, data: DataConfig, modality: str) -> Clip:
+    """The first clip of ``path`` for ``modality`` ('audio' or 'video'); the other track is left silent/black.
+
+    Read exactly as preprocess reads training clips (ffmpeg, 16 kHz mono, short side resize + centre crop).
+    """
+    info = probe(path)  # MediaError (a DataError) for a missing, empty or unreadable file
+    f, size = data.num_frames, data.frame_size
+    if modality == "audio":
+        audio = read_audio(path, data.sample_rate, info=info)
+        if len(audio) < data.clip_samples:
+            raise MediaError(path, "too-short", f"{len(audio) / data.sample_rate:.2f} s of audio; --audio-from "
+                                                f"needs {data.clip_seconds:.2f} s")
+        return Clip(0.0, np.zeros((f, size, size, 3), np.uint8), np.ascontiguousarray(audio[: data.clip_samples]))
+    frames = read_video(path, data.fps, size, info=info)
+    if len(frames) < f:
+        raise MediaError(path, "too-short", f"{len(frames) / data.fps:.2f} s of video; --video-from needs "
+                                            f"{data.clip_seconds:.2f} s")
+    return Clip(0.0, np.ascontiguousarray(frames[:f]), np.zeros(data.clip_samples, np.float32))
+
+
 @torch.no_grad()
 def decode(latents: dict[str, torch.Tensor], codecs: Codecs, clip_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Latents -> frames uint8 (b, f, H, W, 3) and waveforms float32 (b, clip_samples) in [-1, 1]."""
+    """Latents -> frames uint8 (b, f, H, W, 3) and waveforms float32 (b, clip_samples) in [-1, 1].
+
+    The vocoder runs one clip at a time: a batched Griffin-Lim would give a clip another initial phase
+    depending on its place in the batch."""
     video = latents["video"]  # (b, f, c, h, w)
     b = video.shape[0]
     pixels = codecs.video.decode(rearrange(video, "b f c h w -> (b f) c h w").to(codecs.device))
     frames = rearrange(((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu(),
                        "(b f) c h w -> b f h w c", b=b)
     mel = codecs.audio.decode(latents["audio"].to(codecs.device))  # (b, 1, T, M)
-    wave = codecs.vocoder(mel).float().cpu()  # (b, T * hop)
+    wave = torch.cat([codecs.vocoder(m).float().cpu() for m in mel.split(1)])  # (b, T * hop)
     if wave.shape[1] < clip_samples:
         wave = torch.nn.functional.pad(wave, (0, clip_samples - wave.shape[1]))
     return frames.numpy(), wave[:, :clip_samples].clamp(-1, 1).numpy()
@@ -144,20 +228,22 @@ def mel_image(wave: np.ndarray, codecs: Codecs) -> np.ndarray:
     return (img.T[::-1] * 255).astype(np.uint8)
 
 
-def write_contact_sheet(path: Path, frames: list[np.ndarray], waves: list[np.ndarray], codecs: Codecs,
-                        max_clips: int = 16, frames_per_row: int = 8) -> Path:
-    """One row per clip: `frames_per_row` evenly spaced frames over that clip's mel spectrogram."""
+def contact_row(frames: np.ndarray, wave: np.ndarray, codecs: Codecs, frames_per_row: int = 8,
+                cell: int = 96) -> np.ndarray:
+    """One clip's row of the contact sheet: `frames_per_row` evenly spaced frames over its mel, uint8 RGB."""
     from PIL import Image
 
-    cell = 96
-    rows = []
-    for clip, wave in list(zip(frames, waves))[:max_clips]:
-        picks = np.linspace(0, len(clip) - 1, frames_per_row).round().astype(int)
-        strip = np.concatenate([np.asarray(Image.fromarray(clip[i]).resize((cell, cell), Image.NEAREST))
-                                for i in picks], axis=1)  # (cell, 8*cell, 3)
-        mel = Image.fromarray(mel_image(wave, codecs)).resize((strip.shape[1], cell // 2), Image.BILINEAR)
-        mel_rgb = np.repeat(np.asarray(mel)[..., None], 3, axis=2)
-        rows.append(np.concatenate([strip, mel_rgb, np.full((4, strip.shape[1], 3), 255, np.uint8)], axis=0))
+    picks = np.linspace(0, len(frames) - 1, frames_per_row).round().astype(int)
+    strip = np.concatenate([np.asarray(Image.fromarray(frames[i]).resize((cell, cell), Image.NEAREST))
+                            for i in picks], axis=1)  # (cell, frames_per_row * cell, 3)
+    mel = Image.fromarray(mel_image(wave, codecs)).resize((strip.shape[1], cell // 2), Image.BILINEAR)
+    mel_rgb = np.repeat(np.asarray(mel)[..., None], 3, axis=2)
+    return np.concatenate([strip, mel_rgb, np.full((4, strip.shape[1], 3), 255, np.uint8)], axis=0)
+
+
+def write_contact_sheet(path: Path, rows: list[np.ndarray]) -> Path:
+    from PIL import Image
+
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path
 
@@ -172,50 +258,63 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         raise ConfigError(f"-n: got {opts.num}, expected at least 1 clip")
     if opts.audio_from and opts.video_from:
         raise ConfigError("--audio-from and --video-from exclude each other: give one modality to condition on")
-    ckpt = load_checkpoint(opts.checkpoint)
+    ckpt = open_checkpoint(opts.checkpoint)
     cfg = resolve_config(ckpt, opts)
     s = cfg.sample
-    dev = torch.device(opts.device or ctx.default_device())
     class_conditional = cfg.model.trainable_class_table and cfg.model.num_classes > 0
     if opts.class_id is not None and not class_conditional:
-        raise ConfigError("--class: this run is unconditional (model.trainable_class_table is off)")
+        raise ConfigError("--class: this run is unconditional (model.trainable_class_table is off); drop --class")
+    if opts.cfg_scale is not None and opts.cfg_scale != 1.0 and not class_conditional:
+        raise ConfigError("--cfg-scale: this run is unconditional, there is no class to guide towards; "
+                          "drop --cfg-scale")
     if opts.class_id is not None and not 0 <= opts.class_id < cfg.model.num_classes:
         raise ConfigError(f"--class: got {opts.class_id}, expected 0..{cfg.model.num_classes - 1}")
-    if ctx.is_main:
-        prepare_out_dir(opts.out_dir, opts.overwrite)
-    ctx.barrier()
-
+    dev = resolve_device(opts.device, ctx)
+    check_out_dir(opts.out_dir, opts.overwrite)  # on every rank, before anyone waits at a barrier
+    given_modality = "audio" if opts.audio_from else "video" if opts.video_from else None
+    given: Clip | None = None
+    if given_modality is not None:
+        given = load_given_clip(Path(opts.audio_from or opts.video_from), cfg.data, given_modality)
+    # Everything that can fail on the user's input fails before the output folder is touched.
     model = load_run_model(ckpt, cfg, dev, ema=opts.ema)
     if codecs is None:
-        codecs = build_codecs(cfg, dev)
+        codecs = build_codecs(cfg.replace(**{"sample.seed": VOCODER_SEED}), dev)
+    known_latent: dict[str, torch.Tensor] = {}
+    if given is not None:
+        video_z, audio_z = encode_clips([given], codecs, batch_size=1)  # (1, f, c, h, w), (1, c, T, M)
+        known_latent = {"audio": audio_z} if given_modality == "audio" else {"video": video_z}
     diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
-    given, known_latent = _given_clip(opts, cfg, codecs)
+    ctx.barrier()
+    if ctx.is_main:
+        clear_out_dir(opts.out_dir)
+    ctx.barrier()
     known_mode = "timestep" if cfg.diffusion.independent_timesteps else "replace"
     use_bf16 = dev.type == "cuda" and cfg.train.precision is Precision.BF16
 
     def model_fn_y(x: dict[str, torch.Tensor], t: dict[str, torch.Tensor], y: torch.Tensor | None
                    ) -> dict[str, torch.Tensor]:
-        ctx_amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        with ctx_amp:
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        with amp:
             out = model(x["video"], x["audio"], t["video"], t["audio"], y)
         return {k: v.float() for k, v in out.items()}
 
-    batches = [list(range(i, min(opts.num, i + s.batch_size))) for i in range(0, opts.num, s.batch_size)]
-    mine = [b for k, b in enumerate(batches) if k % ctx.world_size == ctx.rank]
-    total_mine = sum(len(b) for b in mine)
+    mine = plan_batches(opts.num, s.batch_size, ctx.rank, ctx.world_size)
+    total_mine = sum(len(batch) for batch in mine)
     f, c, h, w = cfg.data.video_latent_shape
+    shapes = {"video": (f, c, h, w), "audio": cfg.data.audio_latent_shape}
     records: list[dict[str, Any]] = []
-    frames_all: list[np.ndarray] = []
-    waves_all: list[np.ndarray] = []
+    sheet_rows: dict[int, np.ndarray] = {}
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     denoise_s = decode_s = 0.0
     done = 0
     for batch in mine:
         b = len(batch)
-        gens = [torch.Generator().manual_seed(s.seed + i) for i in batch]
+        gens = [torch.Generator().manual_seed(s.seed + i) for i in batch]  # one per sample: batch-independent
         if class_conditional:
-            label = opts.class_id if opts.class_id is not None else cfg.model.num_classes  # null: unconditional
-            y = torch.full((b,), label, dtype=torch.long, device=dev)
-            model_fn = classifier_free_guidance(model_fn_y, y, cfg.model.num_classes, s.cfg_scale, CHANNEL_DIMS)
+            null = cfg.model.num_classes
+            y = torch.full((b,), null if opts.class_id is None else opts.class_id, dtype=torch.long, device=dev)
+            scale = 1.0 if opts.class_id is None else s.cfg_scale  # null vs null: guidance would be a no-op
+            model_fn = classifier_free_guidance(model_fn_y, y, null, scale, CHANNEL_DIMS)
         else:
             model_fn = lambda x, t: model_fn_y(x, t, None)  # noqa: E731
         known = {k: v.expand(b, *v.shape[1:]) for k, v in known_latent.items()}
@@ -223,72 +322,76 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
 
         def on_step(i: int, n: int) -> None:
             if progress:
-                progress(done, total_mine, i / max(1e-9, time.perf_counter() - t0))
+                progress(done + b * i / n, total_mine, i / max(1e-9, time.perf_counter() - t0))
 
-        latents = sample(model_fn, {"video": (b, f, c, h, w), "audio": (b, *cfg.data.audio_latent_shape)},
-                         CHANNEL_DIMS, diffusion, sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens,
-                         device=dev, known=known or None, known_mode=known_mode, progress=on_step)
+        latents = sample(model_fn, {k: (b, *v) for k, v in shapes.items()}, CHANNEL_DIMS, diffusion,
+                         sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens, device=dev,
+                         known=known or None, known_mode=known_mode, progress=on_step)
         t1 = time.perf_counter()
         frames, waves = decode(latents, codecs, cfg.data.clip_samples)
-        if given is not None and opts.audio_from:
+        if given is not None and given_modality == "audio":
             waves = np.repeat(given.audio[None], b, axis=0)
-        if given is not None and opts.video_from:
+        if given is not None and given_modality == "video":
             frames = np.repeat(given.frames[None], b, axis=0)
         for j, i in enumerate(batch):
-            path = write_mp4(opts.out_dir / f"sample_{i:05d}.mp4", frames[j], waves[j], cfg.data.fps,
-                             cfg.data.sample_rate)
-            records.append({"file": path.name, "index": i, "seed": s.seed + i,
-                            "seconds": round((time.perf_counter() - t0) / b, 4)})
+            write_mp4(opts.out_dir / f"sample_{i:05d}.mp4", frames[j], waves[j], cfg.data.fps, cfg.data.sample_rate)
+            if opts.contact_sheet and i < SHEET_CLIPS:
+                sheet_rows[i] = contact_row(frames[j], waves[j], codecs)
+            if opts.save_latents:
+                kept[i] = (latents["video"][j].float().cpu(), latents["audio"][j].float().cpu())
         t2 = time.perf_counter()
+        for i in batch:
+            records.append({"file": f"sample_{i:05d}.mp4", "index": i, "seed": s.seed + i,
+                            "denoise_seconds": round((t1 - t0) / b, 4), "decode_seconds": round((t2 - t1) / b, 4)})
         denoise_s += t1 - t0
         decode_s += t2 - t1
-        frames_all.extend(frames)
-        waves_all.extend(waves)
         done += b
         if progress:
             progress(done, total_mine, 0.0)
 
     all_records = sorted((r for part in ctx.gather(records) for r in part), key=lambda r: r["index"])
+    all_rows = {i: row for part in ctx.gather(sheet_rows) for i, row in part.items()}
     timing = ctx.gather({"denoise": denoise_s, "decode": decode_s})
+    denoise_s, decode_s = sum(t["denoise"] for t in timing), sum(t["decode"] for t in timing)
+    latents_all = None
+    if opts.save_latents:
+        gathered = {i: z for part in ctx.gather(kept) for i, z in part.items()}
+        order = sorted(gathered)
+        latents_all = {"video": torch.stack([gathered[i][0] for i in order]),
+                       "audio": torch.stack([gathered[i][1] for i in order])}
     samples_json = sheet = None
     if ctx.is_main:
         samples_json = opts.out_dir / "samples.json"
-        tensors = ckpt.path / TENSORS
-        meta = {
+        run = {
             "run": str(ckpt.path.parent.parent.resolve()),
             "checkpoint": str(ckpt.path.resolve()),
-            "checkpoint_sha256": file_sha256(tensors),
+            "checkpoint_sha256": file_sha256(ckpt.path / TENSORS),
             "step": ckpt.step,
             "weights": "ema" if opts.ema else "raw",
-            "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta, "cfg_scale": s.cfg_scale,
-            "class": opts.class_id, "seed": s.seed, "batch_size": s.batch_size,
-            "num": opts.num, "world_size": ctx.world_size, "device": str(dev),
+            "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta,
+            "cfg_scale": s.cfg_scale if opts.class_id is not None else None, "class": opts.class_id,
+        }
+        meta = {
+            **run,
+            "seed": s.seed, "batch_size": s.batch_size, "num": opts.num, "world_size": ctx.world_size,
+            "device": str(dev),
             "audio_from": str(opts.audio_from) if opts.audio_from else None,
             "video_from": str(opts.video_from) if opts.video_from else None,
             "known_mode": known_mode if given is not None else None,
-            "timing": {"denoise_seconds": sum(t["denoise"] for t in timing),
-                       "decode_write_seconds": sum(t["decode"] for t in timing)},
+            "timing": {"seconds": round(time.perf_counter() - started, 3),
+                       "denoise_seconds": round(denoise_s, 3), "decode_write_seconds": round(decode_s, 3)},
             "config": cfg.to_dict(),
             "versions": {"avdit": __version__, "torch": torch.__version__},
-            "samples": all_records,
+            # Per file, self-contained: what made it (run, checkpoint, sampler) and how long it took.
+            "samples": [{**r, **run} for r in all_records],
         }
-        samples_json.write_text(json.dumps(meta, indent=2) + "\n")
-        if opts.contact_sheet and frames_all:
-            sheet = write_contact_sheet(opts.out_dir / "contact_sheet.png", frames_all, waves_all, codecs)
+        atomic_write_json(samples_json, meta)
+        if all_rows:
+            sheet = write_contact_sheet(opts.out_dir / "contact_sheet.png", [all_rows[i] for i in sorted(all_rows)])
+        if latents_all is not None:
+            atomic_save_tensors(opts.out_dir / "latents.safetensors", latents_all,
+                                metadata={"seed": str(s.seed), "num": str(opts.num)})
     ctx.barrier()
     files = [opts.out_dir / r["file"] for r in all_records]
     return GenerateResult(opts.out_dir, files, time.perf_counter() - started, denoise_s, decode_s,
-                          samples_json, sheet, all_records)
-
-
-def _given_clip(opts: GenerateOptions, cfg: Config, codecs: Codecs) -> tuple[Clip | None, dict[str, torch.Tensor]]:
-    """The first clip of --audio-from / --video-from and its latents for the known modality."""
-    src = opts.audio_from or opts.video_from
-    if src is None:
-        return None, {}
-    if not Path(src).is_file():
-        raise DataError(f"{src} does not exist; give a video file with sound")
-    clip = load_clips(Path(src), cfg.data)[0]
-    video, audio = encode_clips([clip], codecs, batch_size=1)
-    return clip, ({"audio": audio} if opts.audio_from else {"video": video})
-
+                          samples_json, sheet, all_records, latents_all)
