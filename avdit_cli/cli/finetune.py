@@ -9,31 +9,37 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avdit_cli.cli.common import PresetOption, SetOption, cli_errors, console, is_main_rank
-from avdit_cli.config import apply_overrides, load_preset
+from avdit_cli.config import Config, apply_overrides, load_preset
 from avdit_cli.pipelines.finetune import StepInfo, finetune as run_finetune
-from avdit_cli.pipelines.runs import latest_run, load_checkpoint
+from avdit_cli.pipelines.runs import latest_run, read_checkpoint_state
 
 
 @cli_errors
 def finetune(
     preset: str = PresetOption,
     set_: Optional[List[str]] = SetOption,
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Latent cache [default: where preprocess wrote it]."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Latent cache [default: where preprocess wrote it; "
+                                         "on --resume: the run's]."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name under runs/ [default: preset-time]."),
     resume: Optional[str] = typer.Option(
         None, "--resume", help="Continue a run: 'latest' or a run/checkpoint folder. Its config is reused; "
         "--set train.* may change it (e.g. train.steps).", show_default=False),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: best]"),
     pretrain: bool = typer.Option(False, "--pretrain", help="Train a whole image DiT (train.mode=pretrain)."),
+    tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard",
+                                     help="Also log to RUN/tb when the tensorboard package is installed."),
 ) -> None:
     """Train the AV-DiT adapters on a latent cache (torchrun for several GPUs)."""
     overrides = list(set_ or [])
     if pretrain:
         overrides.append("train.mode=pretrain")
     resume_path: Optional[Path] = None
+    start = 0
     if resume is not None:
         resume_path = latest_run() if resume == "latest" else Path(resume)
-        cfg = apply_overrides(load_checkpoint(resume_path).config, overrides)
+        _, state = read_checkpoint_state(resume_path)  # the config only; the loop loads the tensors
+        cfg = apply_overrides(Config.from_dict(state["config"]), overrides)
+        start = int(state["step"])
     else:
         cfg = load_preset(preset, overrides)
     main = is_main_rank()
@@ -41,7 +47,7 @@ def finetune(
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} clips/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=not main) as bar:
-        task = bar.add_task("steps", total=cfg.train.steps, loss=float("nan"), rate=0.0)
+        task = bar.add_task("steps", total=cfg.train.steps, completed=start, loss=float("nan"), rate=0.0)
 
         def on_step(info: StepInfo) -> None:
             bar.update(task, completed=info.step, loss=info.loss, rate=info.clips_per_s)
@@ -51,11 +57,11 @@ def finetune(
                 bar.console.print(msg)
 
         result = run_finetune(cfg, cache_dir=cache, run_name=name, resume=resume_path, device=device,
-                              on_step=on_step, on_log=on_log)
+                              on_step=on_step, on_log=on_log, tensorboard=tensorboard)
     if not main:
         return
     if result.interrupted:
         console.print(f"[yellow]interrupted at step {result.step}[/yellow]; checkpoint {result.checkpoint}; "
-                      f"continue with `avdit finetune --resume {result.run_dir}`")
+                      f"continue with `avdit finetune --resume {result.run_dir}`", soft_wrap=True)
         raise typer.Exit(130)
-    console.print(f"done: {result.step} steps; run {result.run_dir}; checkpoint {result.checkpoint}")
+    console.print(f"done: {result.step} steps; run {result.run_dir}; checkpoint {result.checkpoint}", soft_wrap=True)

@@ -55,6 +55,14 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """Element-wise sum or max of a few floats over ranks (float64, one collective)."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t.tolist()
+
 
 def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":

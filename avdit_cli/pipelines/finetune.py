@@ -4,6 +4,14 @@ Determinism: every random draw of a step (diffusion timestep, noise, label dropo
 seeded by (train.seed, step, global sample index), and the data order of an epoch from (train.seed, epoch).
 So a run resumed from step k replays steps k+1.. exactly, and a batch split over N ranks draws the same
 numbers as one process: the step number is the whole RNG state.
+
+The loss of a step is the loss of its whole global batch, however it is split: each (rank, micro-batch)
+part contributes ``sum over its samples / number of counted samples in the global batch`` (counts known from
+the cache manifest before any tensor is read), so N ranks x M accumulation steps give the gradient of one
+process on the same batch (DDP averages over ranks, hence the x world_size).
+
+Testing aid: with ``AVDIT_DUMP_GRADS=FILE`` set, rank 0 writes the (synchronised, unclipped) gradients of
+the first optimiser step of a fresh run to FILE (safetensors, one tensor per trainable parameter).
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import resource
+import shutil
 import signal
 import threading
 import time
@@ -20,13 +30,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from torch import nn
+from einops import rearrange
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from avdit_cli import __version__
-from avdit_cli.config import Config, Precision, TrainMode, to_yaml
-from avdit_cli.data.cache import LatentCache
+from avdit_cli.config import Config, LrSchedule, Precision, TrainMode
+from avdit_cli.data.cache import FLAG_AUDIO_PADDED, FLAG_NAMES, LatentCache
 from avdit_cli.diffusion import Diffusion, training_losses
 from avdit_cli.errors import ConfigError, TrainingError, WeightsError
 from avdit_cli.models import AVDiT, DiT
@@ -34,34 +45,44 @@ from avdit_cli.paths import default_cache_dir
 from avdit_cli.pipelines.distributed import DistContext, dist_context
 from avdit_cli.pipelines.optim import EMA, lr_at
 from avdit_cli.pipelines.runs import (
+    Checkpoint,
     append_metrics,
+    atomic_save_tensors,
+    check_new_run_dir,
     load_checkpoint,
-    new_run_dir,
     optimizer_from_tensors,
     optimizer_to_tensors,
+    remove_stale_temps,
+    run_dir_for,
     save_checkpoint,
     truncate_metrics,
+    file_mode,
+    write_config,
 )
+
+DUMP_GRADS_ENV = "AVDIT_DUMP_GRADS"
+
 
 @dataclass
 class StepInfo:
     step: int
     total: int
     loss: float
-    losses: dict[str, float]
+    losses: dict[str, float]  # per modality: video, audio (+ _mse, _vb parts); image in pretrain mode
     lr: float
     grad_norm: float
     clips_per_s: float
-    peak_mem_gib: float
+    peak_mem_gib: float  # GPU: peak allocated; CPU: the process's peak resident memory
 
 
 @dataclass
 class FinetuneResult:
-    run_dir: Path
+    run_dir: Path | None  # None on ranks other than 0 of a new run (only rank 0 names and writes it)
     step: int
     interrupted: bool
     checkpoint: Path | None
     history: list[StepInfo] = field(default_factory=list)
+    model: nn.Module | None = None  # the trained model (live weights, not EMA), unwrapped
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,6 +96,13 @@ def derived_seed(*parts: int) -> int:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, 0xDA7A, epoch)))
+
+
+def step_clip_ids(n: int, seed: int, step: int, global_batch: int) -> list[int]:
+    """The cache indices of the clips of optimiser step `step` (0-based), in global-batch order."""
+    steps_per_epoch = n // global_batch
+    epoch, pos = divmod(step, steps_per_epoch)
+    return epoch_order(n, seed, epoch)[pos * global_batch : (pos + 1) * global_batch].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -101,6 +129,12 @@ class StopFlag:
             signal.signal(sig, old)
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers share the terminal's process group: a Ctrl-C must reach only the main process,
+    which finishes the step and saves (a worker dying on SIGINT would fail the step instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Building the model
 # ----------------------------------------------------------------------------------------------------------
@@ -109,15 +143,17 @@ def load_backbone(cfg: Config, device: torch.device) -> tuple[DiT, dict[str, Any
     from avdit_cli.hub import backbone_path  # the local file/folder `avdit download` fetched
 
     path = Path(cfg.model.backbone_path) if cfg.model.backbone_path else backbone_path(cfg)
+    if not path.exists():
+        raise WeightsError(f"no backbone at {path}; run `avdit download` or set model.backbone_path")
     backbone, report = DiT.from_pretrained(path, device=device)
-    ref = {"repo": cfg.model.backbone_repo or None, "path": str(path), "format": report.format,
-           "sha256": report.sha256()}
     m = cfg.model
     expect = {"hidden_size": m.hidden_size, "depth": m.depth, "patch_size": m.patch_size}
     got = {k: report.arch[k] for k in expect}
     if got != expect:
         raise WeightsError(f"the backbone at {path} has {got} but the config says {expect}; "
                            "use the matching preset or set model.* to the backbone's size")
+    ref = {"repo": cfg.model.backbone_repo or None, "path": str(path.resolve()), "format": report.format,
+           "sha256": report.sha256()}
     return backbone, ref
 
 
@@ -139,36 +175,47 @@ def finetune(
     device: str | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_log: Callable[[str], None] | None = None,
+    tensorboard: bool = True,
 ) -> FinetuneResult:
-    """Train for `cfg.train.steps` optimiser steps (continuing from `resume`, a run or checkpoint folder)."""
+    """Train for `cfg.train.steps` optimiser steps (continuing from `resume`, a run or checkpoint folder).
+
+    A new run goes to `run_dir`, else ``runs/<run_name>``, else ``runs/<preset>-<time>``; the folder must be
+    empty or absent, and it is created only once everything is set up (a config error leaves nothing).
+    `tensorboard`: also log to ``RUN/tb`` when the `tensorboard` package is installed (else silently not).
+    """
     ctx = dist_context()
     dev = torch.device(device or ctx.default_device())
+    if dev.type == "cuda" and dev.index is None:  # DDP needs the index; plain "cuda" means the current one
+        dev = torch.device("cuda", torch.cuda.current_device())
     log = on_log or (lambda msg: None)
     pretrain = cfg.train.mode is TrainMode.PRETRAIN
 
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
-        saved = ckpt.config
-        if saved.model != cfg.model or saved.data != cfg.data or saved.diffusion != cfg.diffusion:
-            raise ConfigError("--resume: the model, data and diffusion settings must equal the run's; "
-                              "only train.* may change (e.g. train.steps to train longer)")
-        run_dir = ckpt.path.parent.parent
+        _check_resume(ckpt, cfg)
+        run_dir = ckpt.run_dir
+        if cache_dir is None and ckpt.state.get("cache_dir"):
+            cache_dir = Path(ckpt.state["cache_dir"])
+    else:
+        if ctx.is_main:
+            run_dir = run_dir if run_dir is not None else run_dir_for(cfg, run_name)
+        _on_rank0(ctx, lambda: check_new_run_dir(run_dir))  # early, before any work (checked again below)
 
     global_batch = cfg.train.batch_size
     per_rank, rem = divmod(global_batch, ctx.world_size * cfg.train.grad_accum)
     if rem or per_rank == 0:
         raise ConfigError(f"train.batch_size: got {global_batch}, expected a multiple of ranks x grad_accum "
                           f"({ctx.world_size} x {cfg.train.grad_accum})")
-
-    dataset = LatentCache(cache_dir or default_cache_dir(cfg), hflip=cfg.data.hflip, seed=cfg.train.seed,
+    cache_dir = Path(cache_dir or default_cache_dir(cfg))
+    dataset = LatentCache(cache_dir, hflip=cfg.data.hflip, seed=cfg.train.seed,
                           expect={"config_hash": cfg.hash("data")})
     steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: got {global_batch}, but the cache holds only {len(dataset)} clips; "
                           "lower train.batch_size or preprocess more data")
 
-    torch.manual_seed(derived_seed(cfg.train.seed, 0x1417))  # weight init of new modules
-    model, backbone_ref = _build(cfg, dev, pretrain)
+    init = torch.Generator().manual_seed(derived_seed(cfg.train.seed, 0x1417))  # weights of new modules
+    model, backbone_ref = _build(cfg, dev, pretrain, init)
     trainable = dict(_trainable(model, pretrain))
     n_train = sum(p.numel() for p in trainable.values())
     n_total = sum(p.numel() for p in model.parameters())
@@ -177,38 +224,32 @@ def finetune(
     ema = EMA(trainable, cfg.train.ema_decay)
     start = 0
     if ckpt is not None:
-        _load_trained(model, ckpt.model, pretrain)
-        ema.load_state_dict(ckpt.ema)
-        optimizer_from_tensors(optimizer, ckpt.optim, ckpt.state["optimizer"])
+        _restore(ckpt, cfg, model, ema, optimizer, backbone_ref, pretrain)
         start = ckpt.step
         log(f"resumed from {ckpt.path} at step {start}")
-    if ctx.is_main:
-        if run_dir is None:
-            run_dir = new_run_dir(cfg, run_name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        if ckpt is not None:
-            truncate_metrics(run_dir, start)
-    diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
-    net: nn.Module = model
-    if cfg.train.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    if ctx.distributed:
-        net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if cfg.train.lr_schedule is LrSchedule.COSINE and ckpt.config.train.steps != cfg.train.steps:
+            log("note: the cosine schedule spans train.steps, which changed: the lr curve differs from the "
+                "one the run started on")
+    if start >= cfg.train.steps:
+        log(f"nothing to do: the run is at step {start} of train.steps={cfg.train.steps} "
+            "(--set train.steps=N to train longer)")
 
-    def state_json(step: int) -> dict[str, Any]:
-        _, optim_meta = optimizer_to_tensors(optimizer)
-        return {"config": cfg.to_dict(), "mode": cfg.train.mode.value, "backbone": backbone_ref,
-                "seed": cfg.train.seed, "epoch": step // steps_per_epoch, "optimizer": optim_meta,
-                "avdit_version": __version__, "torch_version": torch.__version__,
-                "world_size": ctx.world_size, "trainable_params": n_train}
+    diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
+    # The run folder: made on rank 0 only now that everything is set up; the verdict is shared.
+    created = bool(_on_rank0(ctx, lambda: _open_run_dir(run_dir, cfg, ckpt)))
 
     def save(step: int) -> Path | None:
         if not ctx.is_main:
             return None
-        optim_tensors, _ = optimizer_to_tensors(optimizer)
+        optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
+        state = {"config": cfg.to_dict(), "mode": cfg.train.mode.value, "backbone": backbone_ref,
+                 "cache_dir": str(cache_dir.resolve()), "epoch": step // steps_per_epoch,
+                 "rng": {"scheme": "blake2b(train.seed, step, global sample index); data order by "
+                                   "(train.seed, epoch)", "seed": cfg.train.seed, "next_step": step},
+                 "optimizer": optim_meta, "trainable_params": n_train, "world_size": ctx.world_size,
+                 "avdit_version": __version__, "torch_version": torch.__version__}
         path = save_checkpoint(run_dir, step, _trained_state(model, pretrain), ema.state_dict(), optim_tensors,
-                               state_json(step), cfg.train.keep)
+                               state, cfg.train.keep)
         if pretrain:
             _export_backbone(model, ema, run_dir / "backbone")
         return path
@@ -218,76 +259,178 @@ def finetune(
     step = start
     t_last, clips_since = time.perf_counter(), 0
     interrupted = False
+    dump_grads = os.environ.get(DUMP_GRADS_ENV) if start == 0 else None
+    writer = None
     model.train()
-    with StopFlag() as stop:
-        batches = _batches(dataset, cfg, ctx, start, steps_per_epoch, per_rank)
-        while step < cfg.train.steps:
-            lr = lr_at(step, cfg.train)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            totals: dict[str, float] = {}
-            for micro in range(cfg.train.grad_accum):
-                batch, index = next(batches)
-                sync = micro == cfg.train.grad_accum - 1
-                with (contextlib.nullcontext() if sync or not ctx.distributed else net.no_sync()):  # type: ignore[union-attr]
-                    losses = _step_losses(net, diffusion, cfg, batch, index, step, dev, pretrain)
-                    loss = losses["loss"] / cfg.train.grad_accum
-                    if not torch.isfinite(loss.detach()):
-                        raise TrainingError(
-                            f"the loss became {loss.item()} at step {step + 1}; stopped without saving it. "
-                            f"The last good checkpoint is {last_ckpt or 'none (no checkpoint yet)'}; "
-                            "check the data or lower train.lr, then --resume"
-                        )
-                    loss.backward()
-                for k, v in losses.items():
-                    if v.dim() == 0:
-                        totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.train.grad_accum
-            max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(trainable.values()), max_norm))
-            optimizer.step()
-            ema.update()
-            step += 1
-            clips_since += global_batch
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps or step == start + 1:
-                now = time.perf_counter()
-                info = StepInfo(step, cfg.train.steps, totals.get("loss", float("nan")),
-                                {k: v for k, v in totals.items() if k != "loss"}, lr, grad_norm,
-                                clips_since / max(1e-9, now - t_last), _peak_mem_gib(dev))
-                t_last, clips_since = now, 0
-                history.append(info)
-                if ctx.is_main:
-                    append_metrics(run_dir, {"step": step, "loss": info.loss, **info.losses, "lr": lr,
-                                             "grad_norm": grad_norm, "clips_per_s": round(info.clips_per_s, 3),
-                                             "peak_mem_gib": round(info.peak_mem_gib, 3)})
-                if on_step:
-                    on_step(info)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                last_ckpt = save(step) or last_ckpt
-            if ctx.all_reduce_max(1.0 if stop.requested else 0.0) > 0:
-                if step % cfg.train.checkpoint_every and step != cfg.train.steps:
+    try:
+        net: nn.Module = model
+        ddp: DistributedDataParallel | None = None
+        if ctx.distributed:
+            net = ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if cfg.train.compile:
+            net = torch.compile(net)  # type: ignore[assignment]  # after DDP, as PyTorch recommends
+        writer = _tensorboard(run_dir, tensorboard) if ctx.is_main else None
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        with StopFlag() as stop:
+            batches = _batches(dataset, cfg, ctx, start, steps_per_epoch, per_rank, pretrain)
+            while step < cfg.train.steps:
+                lr = lr_at(step, cfg.train)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                sums: dict[str, float] = {}
+                for micro in range(cfg.train.grad_accum):
+                    batch, slot, counts = next(batches)
+                    sync = micro == cfg.train.grad_accum - 1
+                    # Gradients are all-reduced only on the last micro-batch of a step.
+                    with ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext():
+                        terms, masks = _step_terms(net, diffusion, cfg, batch, slot, step, dev, pretrain)
+                        part = _batch_share(terms, masks, counts, _loss_weights(cfg, pretrain))
+                        # DDP averages gradients over ranks; the parts are shares of the global batch: x N.
+                        (part["loss"] * ctx.world_size).backward()
+                    for k, v in part.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                if dump_grads and step == 0 and ctx.is_main:
+                    atomic_save_tensors(Path(dump_grads), {k: p.grad.detach().clone() if p.grad is not None
+                                                           else torch.zeros_like(p) for k, p in trainable.items()})
+                max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(list(trainable.values()), max_norm))
+                bad = not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm))
+                bad_any, stop_any = ctx.all_reduce([float(bad), float(stop.requested)], op="max")
+                if bad_any:
+                    raise TrainingError(
+                        f"the loss or its gradient became non-finite at step {step + 1} (loss {sums['loss']:.4g}, "
+                        f"grad norm {grad_norm:.4g}); stopped without updating the weights. The last good "
+                        f"checkpoint is {last_ckpt or 'none (no checkpoint yet)'}; check the data or lower train.lr, "
+                        "then --resume")
+                optimizer.step()
+                ema.update()
+                step += 1
+                clips_since += global_batch
+                logged = step % cfg.train.log_every == 0 or step == cfg.train.steps or step == 1
+                if logged or step == start + 1:
+                    totals = dict(zip(sums, ctx.all_reduce(list(sums.values()), op="sum")))
+                    now = time.perf_counter()
+                    info = StepInfo(step, cfg.train.steps, totals.pop("loss"), totals, lr, grad_norm,
+                                    clips_since / max(1e-9, now - t_last), _peak_mem_gib(dev))
+                    t_last, clips_since = now, 0
+                    history.append(info)
+                    if ctx.is_main and logged:
+                        _log_row(run_dir, writer, info)
+                    if on_step:
+                        on_step(info)
+                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                     last_ckpt = save(step) or last_ckpt
-                interrupted = True
-                break
+                elif stop_any:
+                    last_ckpt = save(step) or last_ckpt
+                if stop_any:
+                    interrupted = True
+                    log(f"stopped at step {step} on request; checkpoint {last_ckpt}")
+                    break
+    except BaseException:
+        if created and step == start and ctx.is_main and run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before the first step: leave no half-made run
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
     ctx.barrier()
     return FinetuneResult(run_dir=run_dir, step=step, interrupted=interrupted, checkpoint=last_ckpt,
-                          history=history)
+                          history=history, model=model)
 
 
-def _build(cfg: Config, dev: torch.device, pretrain: bool) -> tuple[nn.Module, dict[str, Any]]:
+def _check_resume(ckpt: Checkpoint, cfg: Config) -> None:
+    saved = ckpt.config
+    for section in ("model", "data", "diffusion"):
+        if getattr(saved, section) != getattr(cfg, section):
+            raise ConfigError(f"--resume: the {section}.* settings must equal the run's (see "
+                              f"{ckpt.run_dir / 'config.yaml'}); only train.* may change, e.g. train.steps")
+    if saved.train.mode != cfg.train.mode:
+        raise ConfigError(f"--resume: the run was trained with train.mode={saved.train.mode.value}; keep it")
+
+
+def _restore(ckpt: Checkpoint, cfg: Config, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
+             backbone_ref: dict[str, Any], pretrain: bool) -> None:
+    want = (ckpt.state.get("backbone") or {}).get("sha256")
+    if want and backbone_ref.get("sha256") and want != backbone_ref["sha256"]:
+        raise WeightsError(f"the backbone at {backbone_ref['path']} is not the one {ckpt.path} was trained on "
+                           f"(sha256 {backbone_ref['sha256'][:12]} vs {want[:12]}); set model.backbone_path to it")
+    try:
+        _load_trained(model, ckpt.model, pretrain)
+        ema.load_state_dict(ckpt.ema)
+    except (KeyError, RuntimeError) as err:
+        raise TrainingError(f"{ckpt.path} does not fit this model ({err})") from err
+    optimizer_from_tensors(optimizer, ckpt.optim, ckpt.state["optimizer"])
+    for group in optimizer.param_groups:  # train.* may change on resume; the schedule sets lr every step
+        group["weight_decay"] = cfg.train.weight_decay
+
+
+def _on_rank0(ctx: DistContext, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0; if it fails, every rank raises (instead of the others waiting in a collective)."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after the other ranks know (else they would hang)
+            error = err
+    if ctx.all_reduce([float(error is not None)], op="max")[0] > 0:
+        if error is not None:
+            raise error
+        raise TrainingError("rank 0 could not set up the run folder; see its error")
+    return result
+
+
+def _open_run_dir(run_dir: Path | None, cfg: Config, ckpt: Checkpoint | None) -> bool:
+    """Create (new run) or reopen (resume) the run folder and write its config; True when created here."""
+    assert run_dir is not None  # set on rank 0 above
+    created = False
+    if ckpt is None:
+        check_new_run_dir(run_dir)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        remove_stale_temps(run_dir)
+        truncate_metrics(run_dir, ckpt.step)
+    write_config(run_dir, cfg)
+    return created
+
+
+def _log_row(run_dir: Path, writer: Any, info: StepInfo) -> None:
+    row = {"step": info.step, "loss": info.loss, **info.losses, "lr": info.lr, "grad_norm": info.grad_norm,
+           "clips_per_s": round(info.clips_per_s, 3), "peak_mem_gib": round(info.peak_mem_gib, 3)}
+    append_metrics(run_dir, row)
+    if writer is not None:
+        for key, value in row.items():
+            if key != "step":
+                writer.add_scalar(f"train/{key}", value, info.step)
+
+
+def _tensorboard(run_dir: Path | None, enabled: bool) -> Any:
+    """A SummaryWriter into RUN/tb when asked and the `tensorboard` package is installed; else None."""
+    if not enabled or run_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the optional `tensorboard` package
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _build(cfg: Config, dev: torch.device, pretrain: bool, init: torch.Generator
+           ) -> tuple[nn.Module, dict[str, Any]]:
     f, c, h, w = cfg.data.video_latent_shape
     if pretrain:
-        model = DiT.from_config(cfg.model, input_size=h, in_channels=c).to(dev)
+        model = DiT.from_config(cfg.model, input_size=h, in_channels=c, generator=init).to(dev)
         return model, {"repo": None, "path": None, "sha256": None, "note": "pretrain: the whole DiT is trained"}
     backbone, ref = load_backbone(cfg, dev)
-    return AVDiT.from_config(cfg, backbone=backbone).to(dev), ref
+    return AVDiT.from_config(cfg, backbone=backbone, generator=init).to(dev), ref
 
 
-def _trainable(model: nn.Module, pretrain: bool) -> Iterator[tuple[str, nn.Parameter]]:
+def _trainable(model: nn.Module, pretrain: bool) -> list[tuple[str, nn.Parameter]]:
     if pretrain:
-        yield from model.named_parameters()
-    else:
-        yield from model.adapter_named_parameters()  # type: ignore[operator]
+        return list(model.named_parameters())
+    return model.adapter_named_parameters()  # type: ignore[operator]
 
 
 def _trained_state(model: nn.Module, pretrain: bool) -> dict[str, torch.Tensor]:
@@ -302,68 +445,116 @@ def _load_trained(model: nn.Module, sd: dict[str, torch.Tensor], pretrain: bool)
 
 
 def _export_backbone(model: nn.Module, ema: EMA, folder: Path) -> None:
-    """Pretrain mode: write the EMA weights in the diffusers layout that `DiT.from_pretrained` reads."""
-    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        for k, p in ema.params.items():
-            p.copy_(ema.shadow[k])
-        model.save_pretrained(folder)  # type: ignore[operator]
-        model.load_state_dict(live)
+    """Pretrain mode: write the EMA weights in the diffusers layout that `DiT.from_pretrained` reads.
+    Written into a temp folder, then moved in weights first, config last (a reader needs both)."""
+    tmp = folder.parent / f".{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    live = {k: p.detach().clone() for k, p in ema.params.items()}
+    try:
+        with torch.no_grad():
+            for k, p in ema.params.items():
+                p.copy_(ema.shadow[k])
+        model.save_pretrained(tmp)  # type: ignore[operator]
+    finally:
+        with torch.no_grad():
+            for k, p in ema.params.items():
+                p.copy_(live[k])
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in sorted(names, key=lambda n: n == "config.json"):
+        os.chmod(tmp / name, file_mode())
+        os.replace(tmp / name, folder / name)
+    tmp.rmdir()
+
+
+def _audio_ok(dataset: LatentCache, i: int) -> bool:
+    """Whether clip i's audio counts in the loss (not padded), from the manifest: no tensor is read."""
+    return FLAG_NAMES[FLAG_AUDIO_PADDED] not in dataset.clips[i].get("flags", [])
 
 
 def _batches(dataset: LatentCache, cfg: Config, ctx: DistContext, start: int, steps_per_epoch: int,
-             per_rank: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+             per_rank: int, pretrain: bool
+             ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, int]]]:
     """Micro-batches for this rank from optimiser step `start` on, forever; with each sample's global index
-    in the step's batch (what its noise is seeded by)."""
+    in the step's batch (what its noise is seeded by) and the step's global count of loss samples per
+    modality (what every part's loss is divided by)."""
     global_batch = cfg.train.batch_size
+    frames = cfg.data.num_frames
     step = start
     while True:
         epoch, pos = divmod(step, steps_per_epoch)
         dataset.set_epoch(epoch)
         order = epoch_order(len(dataset), cfg.train.seed, epoch)
         plan: list[list[int]] = []
-        slots: list[torch.Tensor] = []
+        extra: list[tuple[torch.Tensor, dict[str, int]]] = []
         for s in range(pos, steps_per_epoch):
-            ids = order[s * global_batch : (s + 1) * global_batch]
+            ids = order[s * global_batch : (s + 1) * global_batch].tolist()
+            if pretrain:  # every frame is an image of its own
+                counts = {"image": global_batch * frames}
+            else:
+                counts = {"video": global_batch, "audio": sum(_audio_ok(dataset, i) for i in ids)}
             for micro in range(cfg.train.grad_accum):
                 lo = (micro * ctx.world_size + ctx.rank) * per_rank
-                plan.append(ids[lo : lo + per_rank].tolist())
-                slots.append(torch.arange(lo, lo + per_rank))
+                plan.append(ids[lo : lo + per_rank])
+                extra.append((torch.arange(lo, lo + per_rank), counts))
         loader = DataLoader(dataset, batch_sampler=plan, num_workers=cfg.train.num_workers,
+                            worker_init_fn=_ignore_sigint if cfg.train.num_workers else None,
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
-        for batch, slot in zip(loader, slots):
-            yield batch, slot
+        for batch, (slot, counts) in zip(loader, extra):
+            yield batch, slot, counts
         step = (epoch + 1) * steps_per_epoch
 
 
-def _step_losses(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[str, torch.Tensor],
-                 slot: torch.Tensor, step: int, dev: torch.device, pretrain: bool) -> dict[str, torch.Tensor]:
-    """Draw t and noise per sample (seeded by step and the sample's slot in the global batch), run the loss."""
+def _loss_weights(cfg: Config, pretrain: bool) -> dict[str, float]:
+    if pretrain:
+        return {"image": 1.0}
+    return {"video": cfg.diffusion.video_loss_weight, "audio": cfg.diffusion.audio_loss_weight}
+
+
+def _batch_share(terms: dict[str, Tensor], masks: dict[str, Tensor], counts: dict[str, int],
+                 weights: dict[str, float]) -> dict[str, Tensor]:
+    """This part's share of the global batch's losses: for every per-sample term NAME or NAME_part (b,),
+    sum(mask x term) / global count of NAME; ``loss`` = sum over modalities of weight x share."""
+    share: dict[str, Tensor] = {}
+    for key, values in terms.items():
+        if key == "loss":
+            continue
+        modality = key.split("_")[0]
+        mask = masks.get(modality)
+        summed = values.sum() if mask is None else (values * mask).sum()
+        share[key] = summed / max(1, counts[modality])
+    share["loss"] = sum(weights[m] * share[m] for m in weights)  # type: ignore[assignment]
+    return share
+
+
+def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[str, torch.Tensor],
+                slot: torch.Tensor, step: int, dev: torch.device, pretrain: bool
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Draw t and noise per sample (seeded by step and the sample's slot in the global batch), run the model,
+    return the per-sample loss terms (b,) and the per-modality masks of the samples that count."""
     video = batch["video"].to(dev, non_blocking=True)  # (b, f, c, h, w)
     audio = batch["audio"].to(dev, non_blocking=True)  # (b, c_a, T_a, M_a)
-    b = video.shape[0]
     gens = [torch.Generator().manual_seed(derived_seed(cfg.train.seed, step, int(i))) for i in slot]
     T = cfg.diffusion.num_timesteps
 
-    def draw_t() -> torch.Tensor:
+    def draw_t() -> torch.Tensor:  # (b,)
         return torch.stack([torch.randint(0, T, (), generator=g) for g in gens]).to(dev)
 
-    def draw_noise(x: torch.Tensor) -> torch.Tensor:
+    def draw_noise(x: torch.Tensor) -> torch.Tensor:  # like x, one sample per generator
         return torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(dev, x.dtype)
 
     if pretrain:
-        from einops import rearrange
-
-        images = rearrange(video, "b f c h w -> (b f) c h w")
         f = video.shape[1]
-        t = draw_t().repeat_interleave(f)
+        images = rearrange(video, "b f c h w -> (b f) c h w")
+        t = draw_t().repeat_interleave(f)  # one t per clip, shared by its frames
         noise = rearrange(draw_noise(video), "b f c h w -> (b f) c h w")
         with autocast(cfg, dev):
-            return training_losses(
+            terms = training_losses(
                 diffusion, lambda x, tt: {"image": net(x["image"], tt["image"], None)},
                 {"image": images}, {"image": t}, {"image": 1}, noise={"image": noise},
                 loss_type=cfg.diffusion.loss.value,
             )
+        return terms, {}
     t_video = draw_t()
     t_audio = draw_t() if cfg.diffusion.independent_timesteps else t_video
     noise = {"video": draw_noise(video), "audio": draw_noise(audio)}
@@ -373,15 +564,15 @@ def _step_losses(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[
         drop = torch.stack([torch.rand((), generator=g) for g in gens]).to(dev) < cfg.train.class_dropout
         y = torch.where((labels < 0) | drop, torch.full_like(labels, cfg.model.num_classes), labels)
     masks = {"audio": batch["audio_ok"].to(dev).float()}
-    weights = {"video": cfg.diffusion.video_loss_weight, "audio": cfg.diffusion.audio_loss_weight}
 
     def model_fn(x: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return net(x["video"], x["audio"], t["video"], t["audio"], y)
 
     with autocast(cfg, dev):
-        return training_losses(diffusion, model_fn, {"video": video, "audio": audio}, {"video": t_video, "audio": t_audio},
-                               {"video": 2, "audio": 1}, noise=noise, weights=weights, masks=masks,
-                               loss_type=cfg.diffusion.loss.value)
+        terms = training_losses(diffusion, model_fn, {"video": video, "audio": audio},
+                                {"video": t_video, "audio": t_audio}, {"video": 2, "audio": 1}, noise=noise,
+                                loss_type=cfg.diffusion.loss.value)
+    return terms, masks
 
 
 def _peak_mem_gib(dev: torch.device) -> float:

@@ -35,8 +35,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        for k, p in self.params.items():
-            self.shadow[k].lerp_(p.detach().float(), 1.0 - self.decay)
+        keys = list(self.params)
+        # One fused call over all tensors (the trainable set is hundreds of small tensors).
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [self.params[k].detach().float() for k in keys],
+                             1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
@@ -46,4 +48,6 @@ class EMA:
         if missing:
             raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
         for k in self.shadow:
+            if sd[k].shape != self.shadow[k].shape:
+                raise KeyError(f"EMA tensor {k} has shape {tuple(sd[k].shape)}, expected {tuple(self.shadow[k].shape)}")
             self.shadow[k].copy_(sd[k])

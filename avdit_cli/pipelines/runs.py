@@ -6,28 +6,35 @@ A run folder ``runs/<name>/`` holds::
     metrics.jsonl         one JSON object per logged step
     checkpoints/step_00001000/
         trainable.safetensors   model.* (trained tensors), ema.* (their EMA), optim.* (AdamW state)
-        state.json              step, epoch, config, seeds, backbone repo id + sha256, versions
+        state.json              step, epoch, config, RNG scheme, backbone repo id + sha256, versions
     latest                the name of the newest complete checkpoint (written last, atomically)
+    tb/                   TensorBoard events (only when the `tensorboard` package is installed)
 
 A checkpoint holds no backbone tensor: the backbone is referenced by its repo id / path and sha256.
 Every randomness of the training loop is derived from (seed, step, sample index), so the step number *is*
 the RNG state: resuming from a checkpoint replays exactly the same data order, noise and timesteps.
+
+Every file is written atomically (a temp file in the same folder, fsync, rename) with the ordinary
+permissions a plain ``open()`` would give (0666 minus the umask), not the 0600 of ``mkstemp``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from avdit_cli.config import Config
-from avdit_cli.data.cache import atomic_save_tensors, atomic_write_bytes, atomic_write_json
+from avdit_cli.config import Config, to_yaml
 from avdit_cli.errors import TrainingError
 from avdit_cli.paths import runs_root
 
@@ -35,16 +42,76 @@ LATEST = "latest"
 CHECKPOINTS = "checkpoints"
 TENSORS = "trainable.safetensors"
 STATE = "state.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic writes with normal permissions
+# ----------------------------------------------------------------------------------------------------------
+def file_mode() -> int:
+    """0666 minus the process umask: what `open(path, "w")` would create."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through `write(tmp_path)` into a temp file beside `path`, fsync, chmod, then rename over `path`:
+    readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp (and safetensors) create 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run folders
+# ----------------------------------------------------------------------------------------------------------
+def run_dir_for(cfg: Config, name: str | None = None, root: Path | None = None) -> Path:
+    """Where a new run goes (not created): ``root/name``, default name ``<preset>-<date>-<time>``."""
+    root = root or runs_root()
+    return root / (name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def check_new_run_dir(path: Path) -> None:
+    """A new run never mixes with an old one: its folder must be absent or empty."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise TrainingError(f"run folder {path} already exists; pass --resume {path} to continue it, "
+                            "or another --name")
 
 
 def new_run_dir(cfg: Config, name: str | None = None, root: Path | None = None) -> Path:
-    root = root or runs_root()
-    name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = root / name
-    if path.exists() and any(path.iterdir()):
-        raise TrainingError(f"run folder {path} already exists; pass --resume to continue it or another --name")
+    """Create the folder of a new run (refusing one that already holds something)."""
+    path = run_dir_for(cfg, name, root)
+    check_new_run_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    atomic_write_bytes(run_dir / CONFIG, to_yaml(cfg).encode())
 
 
 def latest_run(root: Path | None = None) -> Path:
@@ -60,6 +127,7 @@ def resolve_checkpoint(path: Path | None = None) -> Path:
     """A checkpoint folder from: None (the latest run), a run folder, or a checkpoint folder."""
     if path is None:
         path = latest_run()
+    path = Path(path)
     if not path.exists():
         raise TrainingError(f"{path} does not exist; give a run folder (runs/NAME) or a checkpoint folder")
     if (path / STATE).is_file():
@@ -69,9 +137,34 @@ def resolve_checkpoint(path: Path | None = None) -> Path:
         ckpt = path / CHECKPOINTS / pointer.read_text().strip()
         if (ckpt / STATE).is_file():
             return ckpt
+        raise TrainingError(f"{pointer} names {ckpt.name}, which is missing; "
+                            f"give one of the folders under {path / CHECKPOINTS} instead")
     raise TrainingError(f"{path} holds no checkpoint; train one with `avdit finetune`")
 
 
+def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
+    """The complete checkpoint folders of a run, by step (temp folders of a killed save are not listed)."""
+    found: dict[int, Path] = {}
+    root = run_dir / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and (p / STATE).is_file():
+                found[int(m.group(1))] = p
+    return found
+
+
+def remove_stale_temps(run_dir: Path) -> None:
+    """Delete what a killed save left behind (``checkpoints/.step_*.tmp`` folders, ``.*.tmp`` files)."""
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------
 @dataclass
 class Checkpoint:
     path: Path
@@ -88,11 +181,16 @@ class Checkpoint:
     def config(self) -> Config:
         return Config.from_dict(self.state["config"])
 
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent.parent
+
 
 def save_checkpoint(run_dir: Path, step: int, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
                     optim: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
-    """Write a checkpoint folder atomically (a temp folder renamed into place), point `latest` at it,
-    then prune the oldest so that `keep` remain."""
+    """Write a checkpoint folder atomically (a temp folder renamed into place), point `latest` at it, then
+    prune: keep the `keep` newest up to `step`, and drop any of a later step (the abandoned future of a run
+    resumed from an older checkpoint; its metrics rows were dropped too)."""
     ckpt_root = run_dir / CHECKPOINTS
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -105,21 +203,36 @@ def save_checkpoint(run_dir: Path, step: int, model: dict[str, torch.Tensor], em
     tensors.update({f"optim.{k}": v.detach().cpu() for k, v in optim.items()})
     atomic_save_tensors(tmp / TENSORS, tensors)
     atomic_write_json(tmp / STATE, {**state, "step": step})
-    if final.exists():  # a checkpoint of the same step (e.g. saved on interrupt right after a periodic one)
-        shutil.rmtree(final)
-    tmp.rename(final)
-    atomic_write_bytes(run_dir / LATEST, (name + "\n").encode())
-    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep]:
+    if final.exists():  # the same step saved again (a rerun after an interrupt): replace it
+        old = ckpt_root / f".{name}.old.tmp"
         shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    atomic_write_bytes(run_dir / LATEST, (name + "\n").encode())
+    steps = checkpoint_steps(run_dir)
+    older = sorted(s for s in steps if s <= step)
+    for s in [s for s in steps if s > step] + older[: max(0, len(older) - keep)]:
+        shutil.rmtree(steps[s], ignore_errors=True)
     return final
 
 
-def load_checkpoint(path: Path | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
+def read_checkpoint_state(path: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint folder and its state.json only (cheap: no tensors), e.g. to get a run's config."""
     ckpt = resolve_checkpoint(path)
     try:
-        state = json.loads((ckpt / STATE).read_text())
-        flat = load_file(str(ckpt / TENSORS), device=str(map_location))
+        return ckpt, json.loads((ckpt / STATE).read_text())
     except (OSError, ValueError) as err:
+        raise TrainingError(f"checkpoint {ckpt} cannot be read ({err}); use an earlier one") from err
+
+
+def load_checkpoint(path: Path | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
+    ckpt, state = read_checkpoint_state(path)
+    try:
+        flat = load_file(str(ckpt / TENSORS), device=str(map_location))
+    except (OSError, SafetensorError) as err:
         raise TrainingError(f"checkpoint {ckpt} cannot be read ({err}); use an earlier one") from err
     parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}}
     for key, value in flat.items():
@@ -129,22 +242,37 @@ def load_checkpoint(path: Path | None = None, map_location: str | torch.device =
     return Checkpoint(ckpt, state, parts["model"], parts["ema"], parts["optim"])
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------------
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as fh:
+    """One JSON line per logged step. Appends are not atomic, but a torn last line is dropped on read and
+    rewritten on resume (`truncate_metrics`)."""
+    path = run_dir / METRICS
+    new = not path.exists()
+    with open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")
+    if new:
+        os.chmod(path, file_mode())
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line torn by a kill: skip it
+            continue
+    return rows
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
     """On resume, drop rows logged after the checkpoint's step, so the curve continues without duplicates."""
     rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    atomic_write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    atomic_write_bytes(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,7 +293,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for key, value in tensors.items():
         pid, _, slot = key.partition(".")
         state.setdefault(int(pid), {})[slot] = value
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as err:
         raise TrainingError(f"the checkpoint's optimiser state does not fit this model ({err})") from err

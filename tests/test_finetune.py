@@ -1,0 +1,317 @@
+"""`avdit finetune` on a tiny synthetic cache (CPU): the loss falls, resume (by steps and by a real SIGINT)
+replays an uninterrupted run exactly, torchrun x2 (gloo) gives the single-process gradients, a checkpoint
+holds only the trained tensors and reloads, a NaN stops the run and keeps the last good checkpoint, an early
+error leaves no run folder, and pretrain mode writes a backbone DiT.from_pretrained reads.
+
+Sizes: the tiny preset with 4-frame clips, a 2-block DiT and batch 4, so a step takes ~0.1 s on one core.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from avdit_cli.cli.app import app
+from avdit_cli.config import Config, load_preset
+from avdit_cli.data.cache import read_manifest
+from avdit_cli.data.synthetic import make_dataset
+from avdit_cli.errors import ConfigError, TrainingError, WeightsError
+from avdit_cli.models import AVDiT, DiT, file_sha256
+from avdit_cli.pipelines import finetune as ft
+from avdit_cli.pipelines.finetune import FinetuneResult, finetune, step_clip_ids
+from avdit_cli.pipelines.preprocess import preprocess
+from avdit_cli.pipelines.runs import LATEST, file_mode, load_checkpoint, read_metrics
+
+SMALL = ["data.num_frames=4", "model.depth=2", "train.batch_size=4", "train.log_every=1",
+         "train.num_workers=0", "train.checkpoint_every=1000"]
+N_STEPS = 24  # the uninterrupted reference run
+LOSS_KEYS = ("loss", "video", "audio", "video_mse", "video_vb", "audio_mse", "audio_vb")
+
+
+@dataclass
+class Env:
+    root: Path
+    cache: Path
+    backbone: Path
+    pretrain: FinetuneResult
+
+    def cfg(self, *extra: str) -> Config:
+        return load_preset("tiny", [*SMALL, f"model.backbone_path={self.backbone}", *extra])
+
+    def sub_env(self) -> dict[str, str]:
+        return {**os.environ, "OMP_NUM_THREADS": "1", "AVDIT_RUNS": str(self.root / "runs"),
+                "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 2 cores shared by several workers: OpenMP threads spinning against each other make a step ~4x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Env:
+    """Synthetic clips -> latent cache (workers=0) -> a small image backbone made by pretrain mode."""
+    root = tmp_path_factory.mktemp("finetune")
+    make_dataset(root / "data", 6, seconds=2.0)  # 6 files x 5 clips of 0.4 s
+    cfg = load_preset("tiny", SMALL)
+    preprocess(cfg, root / "data", root / "cache", workers=0)
+    # ema_decay 0: the exported backbone is the trained weights themselves (adaLN no longer zero).
+    pre_cfg = load_preset("tiny", [*SMALL, "train.mode=pretrain", "train.steps=12", "train.ema_decay=0"])
+    pre = finetune(pre_cfg, cache_dir=root / "cache", run_dir=root / "runs" / "pretrain", tensorboard=False)
+    return Env(root, root / "cache", pre.run_dir / "backbone", pre)
+
+
+@pytest.fixture(scope="module")
+def full(env: Env) -> FinetuneResult:
+    """The uninterrupted reference run of N_STEPS."""
+    return finetune(env.cfg(f"train.steps={N_STEPS}"), cache_dir=env.cache, run_dir=env.root / "runs" / "full")
+
+
+def losses(run_dir: Path) -> list[dict[str, float]]:
+    return [{k: row[k] for k in ("step", *LOSS_KEYS)} for row in read_metrics(run_dir)]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same metrics (loss terms of every step) and the same final trained tensors, EMA and AdamW state."""
+    la, lb = losses(a), losses(b)
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == list(range(1, len(la) + 1))
+    for ra, rb in zip(la, lb):
+        for k in LOSS_KEYS:
+            assert abs(ra[k] - rb[k]) <= 1e-6, (ra["step"], k, ra[k], rb[k])
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca.step == cb.step
+    for part in ("model", "ema", "optim"):
+        ta, tb = getattr(ca, part), getattr(cb, part)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6, msg=f"{part}.{k}")
+
+
+# ---- pretrain mode ---------------------------------------------------------------------------------------
+def test_pretrain_writes_a_loadable_backbone(env: Env) -> None:
+    model, report = DiT.from_pretrained(env.backbone)
+    assert report.format.startswith("diffusers")
+    assert (model.hidden_size, model.depth, model.in_channels, model.input_size) == (64, 2, 3, 16)
+    ckpt = load_checkpoint(env.pretrain.run_dir)
+    assert ckpt.state["mode"] == "pretrain"
+    assert set(ckpt.model) == set(model.state_dict())  # every DiT weight is trained in this mode
+    # The exported weights are the EMA (= live here, decay 0) weights of the last step.
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, ckpt.ema["blocks.0.attn.qkv.weight"])
+    assert model.blocks[0].adaLN_modulation[-1].weight.abs().max() > 0
+    for f in [*env.backbone.iterdir(), *ckpt.path.iterdir(), env.pretrain.run_dir / LATEST]:
+        assert f.stat().st_mode & 0o777 == file_mode(), f  # not mkstemp's 0600
+
+
+# ---- learning --------------------------------------------------------------------------------------------
+def test_loss_falls(full: FinetuneResult) -> None:
+    rows = read_metrics(full.run_dir)
+    assert len(rows) == N_STEPS
+    first = sum(r["loss"] for r in rows[:4]) / 4
+    last = sum(r["loss"] for r in rows[-4:]) / 4
+    assert last < 0.85 * first, (first, last)
+    for key in ("lr", "grad_norm", "clips_per_s", "peak_mem_gib", "video", "audio"):
+        assert key in rows[-1]
+
+
+# ---- resume ----------------------------------------------------------------------------------------------
+def test_resume_by_steps_matches_uninterrupted(env: Env, full: FinetuneResult) -> None:
+    run = env.root / "runs" / "split"
+    first = finetune(env.cfg("train.steps=9"), cache_dir=env.cache, run_dir=run)
+    assert first.step == 9 and first.checkpoint is not None
+    rest = finetune(env.cfg(f"train.steps={N_STEPS}"), resume=run)  # the cache folder comes from the run
+    assert rest.step == N_STEPS and rest.run_dir == run
+    assert_same_run(full.run_dir, run)
+
+
+def test_sigint_saves_and_resume_matches(env: Env, full: FinetuneResult) -> None:
+    run = env.root / "runs" / "sig"
+    args = [sys.executable, "-m", "avdit_cli", "finetune", "-p", "tiny", "--cache", str(env.cache), "--name", "sig",
+            *[a for kv in SMALL for a in ("--set", kv)], "--set", f"model.backbone_path={env.backbone}",
+            "--set", f"train.steps={N_STEPS}"]
+    proc = subprocess.Popen(args, env=env.sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(read_metrics(run)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    ckpt = load_checkpoint(run)  # loadable, and it is the step the run stopped at
+    assert 3 <= ckpt.step < N_STEPS, out
+    assert len(read_metrics(run)) == ckpt.step
+    assert "interrupted" in out
+    finetune(env.cfg(f"train.steps={N_STEPS}"), resume=run)
+    assert_same_run(full.run_dir, run)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------
+def test_checkpoint_holds_only_trained_tensors_and_reloads(env: Env, full: FinetuneResult) -> None:
+    ckpt = load_checkpoint(full.run_dir)
+    model = full.model
+    assert isinstance(model, AVDiT)
+    adapter = dict(model.adapter_named_parameters())
+    backbone_names = {f"backbone.{k}" for k in model.backbone.state_dict()}
+    assert set(ckpt.model) == set(ckpt.ema) == set(adapter)
+    assert not backbone_names & set(ckpt.model)
+    n_train = sum(p.numel() for p in adapter.values())
+    assert ckpt.state["trainable_params"] == n_train
+    # float32 x (weights + EMA + 2 AdamW slots), plus the header and AdamW's step counters.
+    size = (ckpt.path / "trainable.safetensors").stat().st_size
+    assert 16 * n_train <= size <= 16 * n_train + 64 * 1024, (size, n_train)
+    ref = ckpt.state["backbone"]
+    assert ref["sha256"] == file_sha256(env.backbone / "diffusion_pytorch_model.safetensors")
+    assert Path(ref["path"]) == env.backbone.resolve()
+    assert ckpt.config == env.cfg(f"train.steps={N_STEPS}")
+
+    backbone, _ = DiT.from_pretrained(env.backbone)
+    fresh = AVDiT.from_config(ckpt.config, backbone=backbone, generator=torch.Generator().manual_seed(7)).eval()
+    fresh.load_adapter_state_dict(ckpt.model)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    f, c, h, w = ckpt.config.data.video_latent_shape
+    video, audio = torch.randn(2, f, c, h, w, generator=g), torch.randn(2, *ckpt.config.data.audio_latent_shape,
+                                                                       generator=g)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        want, got = model(video, audio, t), fresh(video, audio, t)
+    for k in ("video", "audio"):
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+    assert want["audio"].abs().max() > 0  # trained: the zero-initialised audio head moved
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(env: Env, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(env.cache, cache)
+    cfg = env.cfg("train.steps=5", "train.checkpoint_every=1")
+    manifest = read_manifest(cache)
+    victim = manifest["clips"][step_clip_ids(len(manifest["clips"]), cfg.train.seed, 1, cfg.train.batch_size)[0]]
+    shard = cache / manifest["shards"][victim["shard"]]["file"]
+    tensors = load_file(str(shard))
+    tensors["video"][victim["row"], 0, 0, 0, 0] = float("nan")  # one latent value of a clip of step 2
+    save_file(tensors, str(shard))
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="non-finite at step 2") as info:
+        finetune(cfg, cache_dir=cache, run_dir=run)
+    assert "step_00000001" in str(info.value)
+    ckpt = load_checkpoint(run)
+    assert ckpt.step == 1 and (run / LATEST).read_text().strip() == "step_00000001"
+    assert all(torch.isfinite(v).all() for v in ckpt.model.values())
+    assert [r["step"] for r in read_metrics(run)] == [1]
+
+
+# ---- failures leave nothing half-made --------------------------------------------------------------------
+def test_early_errors_leave_no_run_folder(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        finetune(env.cfg("train.batch_size=64"), cache_dir=env.cache, run_dir=run)
+    with pytest.raises(WeightsError, match="backbone"):
+        finetune(load_preset("tiny", [*SMALL, f"model.backbone_path={tmp_path / 'nope'}"]), cache_dir=env.cache,
+                 run_dir=run)
+    assert not run.exists()
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("boom in the first forward")
+
+    monkeypatch.setattr(ft, "_step_terms", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        finetune(env.cfg("train.steps=2"), cache_dir=env.cache, run_dir=run)
+    assert not run.exists()  # made, then removed: it failed before its first step
+
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="already exists"):
+        finetune(env.cfg("train.steps=2"), cache_dir=env.cache, run_dir=run)
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+
+
+def test_resume_refuses_a_changed_model(env: Env, full: FinetuneResult) -> None:
+    with pytest.raises(ConfigError, match="model"):
+        finetune(env.cfg(f"train.steps={N_STEPS + 1}", "model.lora_rank=2"), resume=full.run_dir)
+    result = CliRunner().invoke(app, ["finetune", "--resume", str(env.root / "nowhere")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+# ---- several processes -----------------------------------------------------------------------------------
+def test_torchrun_two_ranks_match_one_process(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one = env.cfg("train.steps=1")
+    monkeypatch.setenv(ft.DUMP_GRADS_ENV, str(tmp_path / "g1.safetensors"))
+    single = finetune(one, cache_dir=env.cache, run_dir=tmp_path / "single")
+    monkeypatch.setenv(ft.DUMP_GRADS_ENV, str(tmp_path / "accum.safetensors"))
+    finetune(env.cfg("train.steps=1", "train.grad_accum=2"), cache_dir=env.cache, run_dir=tmp_path / "accum")
+    monkeypatch.delenv(ft.DUMP_GRADS_ENV)
+
+    sub_env = {**env.sub_env(), ft.DUMP_GRADS_ENV: str(tmp_path / "g2.safetensors"), "AVDIT_RUNS": str(tmp_path)}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "avdit_cli", "finetune", "-p", "tiny", "--cache", str(env.cache), "--name", "ddp",
+            *[a for kv in SMALL for a in ("--set", kv)], "--set", f"model.backbone_path={env.backbone}",
+            "--set", "train.steps=1"]
+    proc = subprocess.run(args, env=sub_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    g1 = load_file(str(tmp_path / "g1.safetensors"))
+    assert set(g1) == {k for k, _ in single.model.adapter_named_parameters()}
+    assert max(v.abs().max() for v in g1.values()) > 0
+    for other in ("g2", "accum"):
+        g = load_file(str(tmp_path / f"{other}.safetensors"))
+        assert g.keys() == g1.keys()
+        for k in g1:
+            torch.testing.assert_close(g[k], g1[k], rtol=1e-5, atol=1e-5, msg=f"{other}: {k}")
+    # Only rank 0 wrote: one metrics row (the global batch's loss) and one checkpoint.
+    rows = read_metrics(tmp_path / "ddp")
+    assert [r["step"] for r in rows] == [1]
+    assert abs(rows[0]["loss"] - read_metrics(single.run_dir)[0]["loss"]) <= 1e-5
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["step_00000001"]
+
+
+
+# ---- TensorBoard is optional -----------------------------------------------------------------------------
+def test_tensorboard_is_skipped_when_missing_and_gets_every_metric(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if `tensorboard` were not installed
+    assert ft._tensorboard(tmp_path, True) is None
+    assert ft._tensorboard(tmp_path, False) is None
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.scalars: dict[str, tuple[float, int]] = {}
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            self.scalars[tag] = (value, step)
+
+    writer = Recorder()
+    ft._log_row(tmp_path, writer, ft.StepInfo(3, 10, 1.5, {"video": 1.0, "audio": 0.5}, 1e-3, 0.7, 12.0, 0.1))
+    assert writer.scalars["train/loss"] == (1.5, 3) and writer.scalars["train/audio"] == (0.5, 3)
+    assert read_metrics(tmp_path)[0]["video"] == 1.0
+
+
+def test_batch_shares_add_up_to_the_masked_batch_loss() -> None:
+    """Split over ranks / micro-batches, the shares sum to training_losses' loss of the whole batch, also
+    when some clips' audio does not count (a per-part masked mean would weigh them wrongly)."""
+    g = torch.Generator().manual_seed(0)
+    terms = {k: torch.rand(6, generator=g) for k in ("video", "video_mse", "audio", "audio_mse")}
+    mask = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    weights = {"video": 1.0, "audio": 0.5}
+    whole = terms["video"].mean() + 0.5 * (terms["audio"] * mask).sum() / mask.sum()
+    counts = {"video": 6, "audio": 3}
+    parts = [ft._batch_share({k: v[i:i + 2] for k, v in terms.items()}, {"audio": mask[i:i + 2]}, counts, weights)
+             for i in (0, 2, 4)]
+    torch.testing.assert_close(sum(p["loss"] for p in parts), whole)
+    torch.testing.assert_close(sum(p["audio_mse"] for p in parts), (terms["audio_mse"] * mask).sum() / 3)
