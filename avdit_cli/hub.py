@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from avdit_cli.errors import ConfigError, WeightsError
+from avdit_cli.fileio import sha256_file
 from avdit_cli.paths import avdit_home
 
 if TYPE_CHECKING:
@@ -349,14 +350,6 @@ def vggish_paths() -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------------------------------------
 # Integrity
 # ----------------------------------------------------------------------------------------------------------
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def git_blob_sha1(path: Path, chunk: int = 1 << 22) -> str:
     """The git object id of a file (how the Hub names a non-LFS file's ETag)."""
     h = hashlib.sha1()
@@ -382,7 +375,7 @@ def check_file(path: Path, remote: RemoteFile, *, full: bool = True) -> str | No
     blob_name = real.name if real.parent.name == "blobs" else ""
     digest: str | None = None
     if _SHA256.fullmatch(blob_name):
-        digest = file_sha256(real)
+        digest = sha256_file(real)
         if digest != blob_name:
             return f"sha256 {digest[:12]}... does not match the Hub's {blob_name[:12]}..."
     elif _SHA1.fullmatch(blob_name):
@@ -390,7 +383,7 @@ def check_file(path: Path, remote: RemoteFile, *, full: bool = True) -> str | No
         if got != blob_name:
             return f"git sha1 {got[:12]}... does not match the Hub's {blob_name[:12]}..."
     if remote.sha256:
-        digest = digest or file_sha256(real)
+        digest = digest or sha256_file(real)
         if not digest.startswith(remote.sha256.lower()):
             return f"sha256 {digest[:12]}... does not match the expected {remote.sha256[:12]}..."
     return None

@@ -11,7 +11,6 @@ import torch
 from avdit_cli.data.cache import (
     CacheHeader,
     LatentCache,
-    atomic_write_json,
     check_or_write_header,
     find_videos,
     merge_manifest,
@@ -20,6 +19,7 @@ from avdit_cli.data.cache import (
     write_shard,
 )
 from avdit_cli.errors import DataError
+from avdit_cli.fileio import atomic_write_json
 
 
 def make_cache(root: Path, shards: int = 2, per_shard: int = 3) -> list[torch.Tensor]:
@@ -109,3 +109,11 @@ def test_planning_is_sorted_and_recursive(tmp_path: Path) -> None:
     assert [len(s) for s in plan_shards(files, 3)] == [3, 1]
     with pytest.raises(DataError, match="not a folder"):
         find_videos(tmp_path / "c.txt")
+
+
+def test_cache_files_get_normal_permissions(tmp_path: Path) -> None:
+    from avdit_cli.fileio import file_mode
+
+    make_cache(tmp_path)
+    for f in [tmp_path / "manifest.json", tmp_path / "header.json", *(tmp_path / "shards").iterdir()]:
+        assert f.stat().st_mode & 0o777 == file_mode(), f

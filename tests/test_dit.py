@@ -20,7 +20,8 @@ from _models_fixtures import (
 from safetensors.torch import load_file, save_file
 
 from avdit_cli.errors import WeightsError
-from avdit_cli.models import DIT_SIZES, DiT, file_sha256
+from avdit_cli.fileio import sha256_file
+from avdit_cli.models import DIT_SIZES, DiT
 from avdit_cli.models.dit import timestep_embedding
 
 
@@ -192,7 +193,7 @@ def test_device_dtype_report_and_trainability(reference) -> None:
     assert ours.pos_embed.dtype == torch.bfloat16 and not ours.pos_embed.is_meta
     assert all(p.requires_grad for p in ours.parameters())  # pretrain mode trains the loaded DiT
     digest = hashlib.sha256(paths["pt"].read_bytes()).hexdigest()
-    assert report.sha256() == digest == file_sha256(paths["pt"])
+    assert report.sha256() == digest == sha256_file(paths["pt"])
     ours, _ = DiT.from_pretrained(paths["pt"], device="cpu", dtype=torch.float64, num_heads=2)
     with torch.no_grad():
         assert ours(*[v.double() if v.is_floating_point() else v for v in _inputs()]).dtype == torch.float64

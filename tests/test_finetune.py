@@ -27,11 +27,12 @@ from avdit_cli.config import Config, load_preset
 from avdit_cli.data.cache import read_manifest
 from avdit_cli.data.synthetic import make_dataset
 from avdit_cli.errors import ConfigError, TrainingError, WeightsError
-from avdit_cli.models import AVDiT, DiT, file_sha256
+from avdit_cli.models import AVDiT, DiT
 from avdit_cli.pipelines import finetune as ft
 from avdit_cli.pipelines.finetune import FinetuneResult, finetune, step_clip_ids
 from avdit_cli.pipelines.preprocess import preprocess
-from avdit_cli.pipelines.runs import LATEST, file_mode, load_checkpoint, read_metrics
+from avdit_cli.fileio import file_mode, sha256_file
+from avdit_cli.pipelines.runs import LATEST, load_checkpoint, read_metrics
 
 SMALL = ["data.num_frames=4", "model.depth=2", "train.batch_size=4", "train.log_every=1",
          "train.num_workers=0", "train.checkpoint_every=1000"]
@@ -176,7 +177,7 @@ def test_checkpoint_holds_only_trained_tensors_and_reloads(env: Env, full: Finet
     size = (ckpt.path / "trainable.safetensors").stat().st_size
     assert 16 * n_train <= size <= 16 * n_train + 64 * 1024, (size, n_train)
     ref = ckpt.state["backbone"]
-    assert ref["sha256"] == file_sha256(env.backbone / "diffusion_pytorch_model.safetensors")
+    assert ref["sha256"] == sha256_file(env.backbone / "diffusion_pytorch_model.safetensors")
     assert Path(ref["path"]) == env.backbone.resolve()
     assert ckpt.config == env.cfg(f"train.steps={N_STEPS}")
 

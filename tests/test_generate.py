@@ -26,7 +26,8 @@ from avdit_cli.cli.app import app
 from avdit_cli.config import Config, load_preset
 from avdit_cli.data.media import read_audio, read_video
 from avdit_cli.errors import ConfigError, DataError, TrainingError
-from avdit_cli.models import AVDiT, DiT, file_sha256
+from avdit_cli.fileio import sha256_file
+from avdit_cli.models import AVDiT, DiT
 from avdit_cli.pipelines.generate import GenerateOptions, GenerateResult, generate, load_given_clip, plan_batches
 from avdit_cli.pipelines.runs import save_checkpoint
 
@@ -136,7 +137,7 @@ def test_samples_json_and_contact_sheet(base: GenerateResult, tiny: tuple[Path, 
     from PIL import Image
 
     meta = json.loads(base.samples_json.read_text())
-    sha = file_sha256(tiny[0] / "checkpoints" / "step_00000007" / "trainable.safetensors")
+    sha = sha256_file(tiny[0] / "checkpoints" / "step_00000007" / "trainable.safetensors")
     assert meta["checkpoint_sha256"] == sha and meta["step"] == 7 and meta["weights"] == "ema"
     assert [s["file"] for s in meta["samples"]] == [p.name for p in base.files]
     for i, s in enumerate(meta["samples"]):

@@ -14,13 +14,12 @@ import torch
 from avdit_cli.config import LrSchedule, load_preset
 from avdit_cli.errors import TrainingError
 from avdit_cli.pipelines.optim import EMA, lr_at
+from avdit_cli.fileio import atomic_write_bytes, file_mode
 from avdit_cli.pipelines.runs import (
     CHECKPOINTS,
     LATEST,
     append_metrics,
-    atomic_write_bytes,
     checkpoint_steps,
-    file_mode,
     latest_run,
     load_checkpoint,
     new_run_dir,

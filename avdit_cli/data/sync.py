@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avdit_cli.data.synthetic import BACKGROUND, FLOOR, PALETTE
+from avdit_cli.data.synthetic import BACKGROUND, PALETTE
 
 
 @dataclass(frozen=True)

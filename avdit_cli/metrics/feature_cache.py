@@ -13,40 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from avdit_cli.fileio import atomic_write, atomic_write_bytes, sha256_file
 from avdit_cli.paths import avdit_home
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def default_feature_dir() -> Path:
     return avdit_home() / "features"
-
-
-def _atomic_write(target: Path, write: Callable[[Any], None], mode: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FeatureCache:
@@ -93,9 +70,13 @@ class FeatureCache:
         self.misses += 1
         value = np.asarray(compute_fn())
         entry.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(entry, lambda f: np.save(f, value, allow_pickle=False), "wb")
+        def save(tmp: str) -> None:  # through a handle: np.save would append ".npy" to a bare path
+            with open(tmp, "wb") as fh:
+                np.save(fh, value, allow_pickle=False)
+
+        atomic_write(entry, save)
         meta = {"source": str(Path(path)), "content_sha256": self.content_hash(path), "key_parts": dict(key_parts)}
-        _atomic_write(entry.with_suffix(".json"), lambda f: json.dump(meta, f, indent=1, sort_keys=True), "w")
+        atomic_write_bytes(entry.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True).encode())
         return value
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from avdit_cli.config import ModelConfig
+from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.errors import ConfigError, WeightsError
 
 FREQUENCY_EMBEDDING_SIZE = 256  # DiT's sinusoidal timestep features: 128 cos + 128 sin
@@ -465,19 +465,12 @@ class DiT(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Write the diffusers layout (config.json + diffusion_pytorch_model.safetensors) atomically."""
-        from safetensors.torch import save_file
-
         if int(self.mlp_ratio * self.hidden_size) != 4 * self.hidden_size:
             raise ConfigError(f"diffusers' DiT has mlp_ratio 4; this model has {self.mlp_ratio}")
         out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        weights = out / SAFETENSORS_NAME
-        tmp = weights.with_suffix(".safetensors.tmp")
-        save_file(self.diffusers_state_dict(), str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, weights)
-        cfg_tmp = out / "config.json.tmp"
-        cfg_tmp.write_text(json.dumps(self.diffusers_config(), indent=2) + "\n")
-        os.replace(cfg_tmp, out / "config.json")
+        # Weights first, config last: a folder with a config.json is complete.
+        atomic_save_tensors(out / SAFETENSORS_NAME, self.diffusers_state_dict(), metadata={"format": "pt"})
+        atomic_write_json(out / "config.json", self.diffusers_config())
         return out
 
 
@@ -502,16 +495,8 @@ class LoadReport:
 
     def sha256(self) -> str:
         if self._sha256 is None:
-            self._sha256 = file_sha256(self.weights_file)
+            self._sha256 = sha256_file(self.weights_file)
         return self._sha256
-
-
-def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

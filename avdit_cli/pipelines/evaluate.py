@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from avdit_cli.config import Config, DataConfig, apply_overrides, load_preset
-from avdit_cli.data.cache import MANIFEST, atomic_write_json, find_videos, read_manifest
+from avdit_cli.data.cache import MANIFEST, find_videos, read_manifest
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError, probe, read_audio, read_video
 from avdit_cli.errors import ConfigError, DataError, WeightsError
+from avdit_cli.fileio import atomic_write_json
 from avdit_cli.metrics import (
     DISPLAY_SCALE,
     FeatureCache,

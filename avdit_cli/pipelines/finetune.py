@@ -40,6 +40,7 @@ from avdit_cli.config import Config, LrSchedule, Precision, TrainMode
 from avdit_cli.data.cache import FLAG_AUDIO_PADDED, FLAG_NAMES, LatentCache
 from avdit_cli.diffusion import Diffusion, training_losses
 from avdit_cli.errors import ConfigError, TrainingError, WeightsError
+from avdit_cli.fileio import atomic_save_tensors
 from avdit_cli.models import AVDiT, DiT
 from avdit_cli.paths import default_cache_dir
 from avdit_cli.pipelines.distributed import DistContext, dist_context
@@ -47,7 +48,6 @@ from avdit_cli.pipelines.optim import EMA, lr_at
 from avdit_cli.pipelines.runs import (
     Checkpoint,
     append_metrics,
-    atomic_save_tensors,
     check_new_run_dir,
     load_checkpoint,
     optimizer_from_tensors,
@@ -56,7 +56,6 @@ from avdit_cli.pipelines.runs import (
     run_dir_for,
     save_checkpoint,
     truncate_metrics,
-    file_mode,
     write_config,
 )
 
@@ -445,26 +444,18 @@ def _load_trained(model: nn.Module, sd: dict[str, torch.Tensor], pretrain: bool)
 
 
 def _export_backbone(model: nn.Module, ema: EMA, folder: Path) -> None:
-    """Pretrain mode: write the EMA weights in the diffusers layout that `DiT.from_pretrained` reads.
-    Written into a temp folder, then moved in weights first, config last (a reader needs both)."""
-    tmp = folder.parent / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Pretrain mode: write the EMA weights in the diffusers layout that `DiT.from_pretrained` reads
+    (atomically, weights first and config last)."""
     live = {k: p.detach().clone() for k, p in ema.params.items()}
     try:
         with torch.no_grad():
             for k, p in ema.params.items():
                 p.copy_(ema.shadow[k])
-        model.save_pretrained(tmp)  # type: ignore[operator]
+        model.save_pretrained(folder)  # type: ignore[operator]
     finally:
         with torch.no_grad():
             for k, p in ema.params.items():
                 p.copy_(live[k])
-    folder.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in tmp.iterdir())
-    for name in sorted(names, key=lambda n: n == "config.json"):
-        os.chmod(tmp / name, file_mode())
-        os.replace(tmp / name, folder / name)
-    tmp.rmdir()
 
 
 def _audio_ok(dataset: LatentCache, i: int) -> bool:

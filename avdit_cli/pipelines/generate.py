@@ -36,12 +36,12 @@ from einops import rearrange
 from avdit_cli import __version__
 from avdit_cli.codecs import Codecs, build_codecs
 from avdit_cli.config import Config, DataConfig, Precision, Sampler, TrainMode, apply_overrides
-from avdit_cli.data.cache import atomic_save_tensors, atomic_write_json
 from avdit_cli.data.clips import Clip
 from avdit_cli.data.media import MediaError, probe, read_audio, read_video, write_mp4
 from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
-from avdit_cli.models import AVDiT, DiT, file_sha256
+from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
+from avdit_cli.models import AVDiT, DiT
 from avdit_cli.pipelines.distributed import DistContext, dist_context
 from avdit_cli.pipelines.preprocess import encode_clips
 from avdit_cli.pipelines.runs import Checkpoint, TENSORS, load_checkpoint
@@ -365,7 +365,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         run = {
             "run": str(ckpt.path.parent.parent.resolve()),
             "checkpoint": str(ckpt.path.resolve()),
-            "checkpoint_sha256": file_sha256(ckpt.path / TENSORS),
+            "checkpoint_sha256": sha256_file(ckpt.path / TENSORS),
             "step": ckpt.step,
             "weights": "ema" if opts.ema else "raw",
             "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta,

@@ -24,18 +24,18 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from avdit_cli.config import Config, to_yaml
 from avdit_cli.errors import TrainingError
+from avdit_cli.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json, file_mode
 from avdit_cli.paths import runs_root
 
 LATEST = "latest"
@@ -45,45 +45,6 @@ STATE = "state.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Atomic writes with normal permissions
-# ----------------------------------------------------------------------------------------------------------
-def file_mode() -> int:
-    """0666 minus the process umask: what `open(path, "w")` would create."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through `write(tmp_path)` into a temp file beside `path`, fsync, chmod, then rename over `path`:
-    readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp (and safetensors) create 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata))
 
 
 # ----------------------------------------------------------------------------------------------------------
