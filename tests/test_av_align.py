@@ -7,7 +7,8 @@ import pytest
 
 from avdit_cli.errors import DataError
 from avdit_cli.metrics import av_align_clip, av_align_score
-from avdit_cli.metrics.av_align import audio_events, match_events, video_events
+from avdit_cli.metrics.av_align import audio_events, video_events
+from avdit_cli.metrics.events import match_events
 
 FPS, SR, N_FRAMES = 10, 16000, 30  # 3 s clips
 FLASHES = (3, 10, 17, 25)  # irregular, so a 0.5 s shift lands >= 2 frames from every flash
@@ -76,6 +77,6 @@ def test_score_over_clips_and_the_no_event_case() -> None:
 
 
 def test_matching_is_one_to_one_within_one_frame() -> None:
-    assert match_events(np.array([1.0, 1.02]), np.array([1.05]), 0.1) == 1
-    assert match_events(np.array([1.0, 2.0]), np.array([1.1, 2.2]), 0.1) == 1
-    assert match_events(np.array([]), np.array([1.0]), 0.1) == 0
+    assert len(match_events(np.array([1.0, 1.02]), np.array([1.05]), 0.1)) == 1
+    assert len(match_events(np.array([1.0, 2.0]), np.array([1.1, 2.2]), 0.1)) == 1  # exactly one frame apart
+    assert len(match_events(np.array([]), np.array([1.0]), 0.1)) == 0

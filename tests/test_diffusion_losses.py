@@ -207,5 +207,5 @@ def test_seeded_noise_is_reproducible_and_respaced_chains_pass_original_timestep
         seen["t"] = tt["audio"].tolist()
         return model_fn(x, tt)
 
-    spaced.training_losses(spy, x0, t, CD, generator=torch.Generator().manual_seed(7))
+    training_losses(spaced, spy, x0, t, CD, generator=torch.Generator().manual_seed(7))
     assert seen["t"] == spaced.timestep_map[[3, 9]].tolist() == [333, 999]

@@ -41,13 +41,7 @@ runner = CliRunner()
 # ----------------------------------------------------------------------------------------------------------
 # Fixtures
 # ----------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine's cores are shared: one intra-op thread is steadier (and no slower) for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_run(root: Path, overrides: dict | None = None, mode: str = "finetune", seed: int = 0) -> tuple[Path, Config]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avdit_cli.data.synthetic import BACKGROUND, PALETTE
+from avdit_cli.metrics.events import match_events
 
 
 @dataclass(frozen=True)
@@ -149,20 +150,6 @@ def merge_events(times: np.ndarray, gap: float) -> np.ndarray:
         else:
             groups.append([float(t)])
     return np.asarray([np.mean(g) for g in groups], dtype=np.float64)
-
-
-def match_events(a: np.ndarray, b: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
-    """One-to-one pairs (i, j) with |a[i] - b[j]| <= tolerance, as many as possible; a and b sorted."""
-    pairs, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        if abs(a[i] - b[j]) <= tolerance:
-            pairs.append((i, j))
-            i, j = i + 1, j + 1
-        elif a[i] < b[j]:
-            i += 1
-        else:
-            j += 1
-    return pairs
 
 
 def score_events(video_times: np.ndarray, audio_times: np.ndarray, tolerance: float, duration: float) -> SyncScore:

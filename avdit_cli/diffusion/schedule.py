@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avdit_cli.config import BetaSchedule, DiffusionConfig, LossType
+from avdit_cli.config import BetaSchedule, DiffusionConfig
 from avdit_cli.diffusion.gaussian import split_output
 from avdit_cli.errors import ConfigError
 
@@ -251,28 +251,6 @@ class Diffusion:
             eps = self.predict_eps_from_x0(x_t, t, pred_x0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         return PMeanVariance(mean=mean, variance=var, log_variance=log_var, pred_x0=pred_x0, eps=eps)
-
-    # -- training ---------------------------------------------------------------------------------------
-    def training_losses(
-        self,
-        model_fn: ModelFn,
-        x0: Mapping[str, Tensor],
-        t: Mapping[str, Tensor],
-        channel_dims: Mapping[str, int],
-        *,
-        noise: Mapping[str, Tensor] | None = None,
-        weights: Mapping[str, float] | None = None,
-        masks: Mapping[str, Tensor] | None = None,
-        loss_type: str | LossType = LossType.HYBRID,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, Tensor]:
-        """See :func:`avdit_cli.diffusion.losses.training_losses`."""
-        from avdit_cli.diffusion.losses import training_losses  # losses builds on this class; import late
-
-        return training_losses(
-            self, model_fn, x0, t, channel_dims, noise=noise, weights=weights, masks=masks, loss_type=loss_type,
-            generator=generator,
-        )
 
     def __repr__(self) -> str:
         return (

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avdit_cli.errors import DataError
+from avdit_cli.metrics.events import match_events
 from avdit_cli.metrics.vggish import htk_mel_matrix
 
 ONSET_N_FFT = 512
@@ -130,26 +131,12 @@ def video_events(frames: np.ndarray, fps: float) -> np.ndarray:
     return peaks / fps
 
 
-def match_events(a: np.ndarray, v: np.ndarray, tolerance: float) -> int:
-    """Number of one-to-one pairs |a_i - v_j| <= tolerance, pairing each audio event with its nearest free one."""
-    free = sorted(np.asarray(v, dtype=np.float64).tolist())
-    matched = 0
-    for t in sorted(np.asarray(a, dtype=np.float64).tolist()):
-        if not free:
-            break
-        j = int(np.argmin([abs(t - u) for u in free]))
-        if abs(t - free[j]) <= tolerance + 1e-9:
-            free.pop(j)
-            matched += 1
-    return matched
-
-
 def _clip_score(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int) -> tuple[float, bool]:
     """(IoU, whether the clip had any event at all)."""
     a, v = audio_events(audio, sample_rate, fps), video_events(frames, fps)
     if a.size == 0 and v.size == 0:
         return 0.0, False
-    matched = match_events(a, v, 1.0 / fps)
+    matched = len(match_events(np.sort(a), np.sort(v), 1.0 / fps))
     return matched / (a.size + v.size - matched), True
 
 
