@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from avdit_cli import __version__
+from avdit_cli.cli.demo import demo
 from avdit_cli.cli.download import download
+from avdit_cli.cli.eval import eval_cmd
 from avdit_cli.cli.finetune import finetune
 from avdit_cli.cli.generate import generate
 from avdit_cli.cli.info import info
@@ -47,6 +49,8 @@ app.command()(download)
 app.command()(preprocess)
 app.command()(finetune)
 app.command()(generate)
+app.command("eval")(eval_cmd)
+app.command()(demo)
 
 
 def main() -> None:
