@@ -252,3 +252,19 @@ def test_construction_is_deterministic_given_a_generator() -> None:
         model = AVDiT(cfg, VIDEO_SHAPE, AUDIO_SHAPE, generator=torch.Generator().manual_seed(7))
         states.append(model.state_dict())
     assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
+
+
+def test_residual_stream_stays_float32_under_bf16_autocast() -> None:
+    """As the original DiT: the float32 position table promotes the bf16 patch embedding, so the stream (and its
+    28 residual additions in XL) runs in float32 even under autocast."""
+    from avdit_cli.config import load_preset
+    from avdit_cli.models import AVDiT
+
+    cfg = load_preset("tiny")
+    model = AVDiT.from_config(cfg, generator=torch.Generator().manual_seed(0))
+    f, c, h, w = cfg.data.video_latent_shape
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens = model.backbone.embed(torch.randn(2, c, h, w))
+        out = model(torch.randn(1, 2, c, h, w), torch.randn(1, *cfg.data.audio_latent_shape), torch.tensor([10]))
+    assert tokens.dtype == torch.float32
+    assert torch.isfinite(out["video"]).all() and torch.isfinite(out["audio"]).all()

@@ -197,3 +197,17 @@ def test_ema() -> None:
         other.load_state_dict({"a.weight": torch.zeros(3, 4)})
     with pytest.raises(KeyError):
         other.load_state_dict({"a.weight": torch.zeros(3, 4), "b.bias": torch.zeros(6)})
+
+
+def test_resume_refuses_changes_that_would_alter_the_data_order(tmp_path: Path) -> None:
+    from avdit_cli.config import load_preset
+    from avdit_cli.errors import ConfigError
+    from avdit_cli.pipelines.finetune import _check_resume
+    from avdit_cli.pipelines.runs import Checkpoint
+
+    cfg = load_preset("tiny")
+    ckpt = Checkpoint(tmp_path / "checkpoints" / "step_00000001", {"step": 1, "config": cfg.to_dict()}, {}, {}, {})
+    _check_resume(ckpt, cfg.replace(**{"train.steps": 999, "train.grad_accum": 2}))  # allowed
+    for change in ({"train.seed": 1}, {"train.batch_size": 4}, {"model.lora_rank": 2}):
+        with pytest.raises(ConfigError, match="--resume"):
+            _check_resume(ckpt, cfg.replace(**change))

@@ -221,7 +221,8 @@ class AVDiT(nn.Module):
 
         xv = bb.embed(rearrange(video, "b f c h w -> (b f) c h w"))  # (b f) n_v d
         xa = self.audio_embedder(audio.to(self.audio_embedder.proj.weight.dtype))  # b n_a d
-        xa = xa + sincos_2d(gh, gw, bb.hidden_size, xa.device).to(xa.dtype)
+        # In the weights' dtype (float32 unless the model was cast): under autocast the stream stays float32.
+        xa = xa + sincos_2d(gh, gw, bb.hidden_size, xa.device).to(self.audio_embedder.proj.weight.dtype)
         cv = self._condition(t_video, y)  # (b, d)
         ca = cv if t_audio is None else self._condition(t_audio, y)
         cv_frames = repeat(cv, "b d -> (b f) d", f=f)

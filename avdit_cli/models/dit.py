@@ -352,7 +352,9 @@ class DiT(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """(b, c, h, w) latents -> (b, n, d) tokens + fixed 2-D sin-cos positions."""
         tokens = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype))
-        return tokens + self.pos_embed.to(tokens.dtype)
+        # No cast: under bf16 autocast the conv gives bf16 tokens, and adding the float32 table keeps the residual
+        # stream in float32 through every block, as the original DiT does.
+        return tokens + self.pos_embed
 
     def condition(self, t: Tensor, y: Tensor | None = None) -> Tensor:
         """c = t_embedder(t) + y_embedder(y): (b, d). ``y=None`` means the null class."""

@@ -268,7 +268,7 @@ def finetune(
             net = ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
         if cfg.train.compile:
             net = torch.compile(net)  # type: ignore[assignment]  # after DDP, as PyTorch recommends
-        writer = _tensorboard(run_dir, tensorboard) if ctx.is_main else None
+        writer = _tensorboard(run_dir, tensorboard, start) if ctx.is_main else None
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         with StopFlag() as stop:
@@ -347,6 +347,12 @@ def _check_resume(ckpt: Checkpoint, cfg: Config) -> None:
                               f"{ckpt.run_dir / 'config.yaml'}); only train.* may change, e.g. train.steps")
     if saved.train.mode != cfg.train.mode:
         raise ConfigError(f"--resume: the run was trained with train.mode={saved.train.mode.value}; keep it")
+    # The data order and every draw are derived from (seed, step, sample) and the epoch length from the batch
+    # size: changing either would silently replay or skip clips. grad_accum keeps the global batch: allowed.
+    for key in ("seed", "batch_size"):
+        if getattr(saved.train, key) != getattr(cfg.train, key):
+            raise ConfigError(f"--resume: train.{key} must stay {getattr(saved.train, key)} (the run's data order "
+                              "and noise depend on it); start a new run to change it")
 
 
 def _restore(ckpt: Checkpoint, cfg: Config, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
@@ -405,7 +411,7 @@ def _log_row(run_dir: Path, writer: Any, info: StepInfo) -> None:
                 writer.add_scalar(f"train/{key}", value, info.step)
 
 
-def _tensorboard(run_dir: Path | None, enabled: bool) -> Any:
+def _tensorboard(run_dir: Path | None, enabled: bool, start: int = 0) -> Any:
     """A SummaryWriter into RUN/tb when asked and the `tensorboard` package is installed; else None."""
     if not enabled or run_dir is None:
         return None
@@ -413,7 +419,8 @@ def _tensorboard(run_dir: Path | None, enabled: bool) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch's writer needs the optional `tensorboard` package
         return None
-    return SummaryWriter(str(run_dir / "tb"))
+    # purge_step drops events a resumed run logged after its checkpoint, as truncate_metrics does for metrics.jsonl
+    return SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
 
 
 def _build(cfg: Config, dev: torch.device, pretrain: bool, init: torch.Generator
