@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class Precision(str, Enum):
 
 
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
+LOAD_TIME_DATA_FIELDS = ("hflip", "vocoder")  # data.* fields that do not change a latent cache
 METRICS = ("fvd", "kvd", "fad", "av-align")
 
 
@@ -278,6 +280,12 @@ class Config:
         blob = json.dumps(picked, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def cache_hash(self) -> str:
+        """The key of a latent cache: the data settings that change what is cached (not those used only when
+        reading it, such as the flip applied at load time, or after it, such as the vocoder)."""
+        picked = {k: v for k, v in self.to_dict()["data"].items() if k not in LOAD_TIME_DATA_FIELDS}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
 
 SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Config).items() if k != "name"}
 
@@ -329,7 +337,8 @@ def validate(cfg: Config) -> None:
         _fail("data.frame_size", d.frame_size,
               f"a multiple of model.patch_size x video codec factor = {m.patch_size} x {d.video_factor} = {step}")
     if abs(d.clip_seconds * d.sample_rate - d.clip_samples) > 1e-6:
-        _fail("data.sample_rate", d.sample_rate, "a rate that gives a whole number of samples per clip")
+        _fail("data.fps / data.sample_rate", (d.fps, d.sample_rate),
+              f"values such that num_frames / fps x sample_rate ({d.clip_seconds * d.sample_rate:g}) is a whole number")
     if d.clip_samples % d.hop_length:
         _fail("data.hop_length", d.hop_length, f"a divisor of the clip's {d.clip_samples} samples")
     if d.win_length > d.n_fft:
@@ -409,10 +418,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         _fail(key, value, _type_name(tp))
     if origin is tuple:
         (item_tp, _) = typing.get_args(tp)
-        if isinstance(value, str):  # a single item given where a list is expected
+        if not isinstance(value, (list, tuple)):  # a single item given where a list is expected
             value = [value]
-        if not isinstance(value, (list, tuple)):
-            _fail(key, value, _type_name(tp))
         return tuple(_coerce(v, item_tp, key) for v in value)
     if isinstance(tp, type) and issubclass(tp, Enum):
         try:
@@ -430,6 +437,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, value, "a number")
+        if not math.isfinite(value):
+            _fail(key, value, "a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -31,6 +31,6 @@ def hf_cache_dir() -> Path:
 def default_cache_dir(cfg: Config) -> Path:
     """Where `preprocess` writes and `finetune` reads the latent cache of a config, when no folder is given.
 
-    Keyed on the preset name and the hash of the data section, so two configs never share a cache.
+    Keyed on the preset name and the cache-relevant data settings, so two configs never share a cache.
     """
-    return avdit_home() / "cache" / f"{cfg.name}-{cfg.hash('data')}"
+    return avdit_home() / "cache" / f"{cfg.name}-{cfg.cache_hash()}"

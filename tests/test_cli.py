@@ -98,3 +98,21 @@ def test_info_params_counts_the_paper_model_without_weights() -> None:
     assert rows["backbone"]["total"] == 674_834_720 and rows["backbone"]["trainable"] == 0
     assert total["total"] == total["frozen"] + total["trainable"]
     assert 0 < total["trainable"] < total["total"] / 4
+
+
+def test_bad_device_is_one_line_everywhere(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AVDIT_RUNS", str(tmp_path / "runs"))
+    result = runner.invoke(app, ["finetune", "-p", "tiny", "--device", "foo"])
+    assert result.exit_code == 1
+    assert "--device" in result.output and "Traceback" not in result.output
+    from avdit_cli.errors import ConfigError
+    from avdit_cli.pipelines.distributed import resolve_device
+
+    assert str(resolve_device("cpu")) == "cpu"
+    with pytest.raises(ConfigError, match="--device"):
+        resolve_device("tpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")

@@ -132,3 +132,20 @@ def test_hash_depends_on_the_section() -> None:
     assert a.hash("data") == b.hash("data")
     assert a.hash() != b.hash()
     assert a.hash("data") != load_preset("aist", ["data.frame_size=128"]).hash("data")
+
+
+def test_cache_key_ignores_load_time_settings() -> None:
+    a = load_preset("aist")
+    assert a.cache_hash() == load_preset("aist", ["data.hflip=false", "data.vocoder=griffin-lim"]).cache_hash()
+    assert a.cache_hash() != load_preset("aist", ["data.stride_seconds=0.8"]).cache_hash()
+    assert a.cache_hash() != load_preset("aist", ["data.frame_size=128"]).cache_hash()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", ".nan"])
+def test_non_finite_numbers_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_preset("aist", [f"train.lr={value}"])
+
+
+def test_a_single_value_is_accepted_for_a_list() -> None:
+    assert load_preset("aist", ["model.joint_after=5"]).model.joint_after == (5,)

@@ -169,7 +169,7 @@ def test_reference_from_a_cache_manifest_and_from_samples_json(media, extractors
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     clips = [{"source": f"clip_{i:04d}.mp4", "start": s, "flags": []} for i in range(3) for s in (0.0, 1.6)]
-    manifest = {"version": 1, "config_hash": cfg.hash("data"), "data": cfg.to_dict()["data"],
+    manifest = {"version": 1, "config_hash": cfg.cache_hash(), "data": cfg.to_dict()["data"],
                 "data_dir": str(media["real"].resolve()), "num_clips": len(clips), "clips": clips}
     (cache_dir / "manifest.json").write_text(json.dumps(manifest))
     features = FeatureCache(tmp_path / "features")

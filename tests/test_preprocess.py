@@ -133,7 +133,7 @@ def test_bad_files_are_skipped_with_reasons(mixed: Path, mixed_cache: Path) -> N
     assert tuple(shard["video"].shape) == (4, *TINY.data.video_latent_shape) == (4, 16, 3, 16, 16)
     assert tuple(shard["audio"].shape) == (4, *TINY.data.audio_latent_shape) == (4, 1, 40, 16)
     assert shard["label"].tolist() == [-1] * 4 and shard["flags"].tolist() == [0] * 4
-    ds = LatentCache(mixed_cache, expect={"config_hash": TINY.hash("data")})
+    ds = LatentCache(mixed_cache, expect={"config_hash": TINY.cache_hash()})
     assert len(ds) == 4 and ds[3]["label"].item() == -1 and ds[3]["audio_ok"].item()
 
 

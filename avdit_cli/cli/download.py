@@ -32,7 +32,8 @@ def download(
     set_: Optional[List[str]] = SetOption,
     only: Optional[str] = typer.Option(None, "--only", help=_ONLY_HELP),
     revision: Optional[str] = typer.Option(None, "--revision",
-                                           help="Fetch this revision instead of the pinned one (Hub entries)."),
+                                           help="Fetch this revision instead of the pinned one (Hub entries); "
+                                                "the loaders still use the pinned one."),
     check: bool = typer.Option(False, "--check", help="Only report what is present and missing (no network)."),
 ) -> None:
     """Fetch the backbone, codecs and eval extractors from the Hugging Face Hub (pinned, checked)."""

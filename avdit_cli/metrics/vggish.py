@@ -178,7 +178,8 @@ class VGGishNet(nn.Module):
 
 def _numpy_safe_globals() -> list[Any]:
     """The numpy globals needed to unpickle plain float arrays (and nothing that can run code)."""
-    reconstruct = np._core.multiarray._reconstruct
+    core = getattr(np, "_core", None) or np.core  # numpy 2 moved it to np._core
+    reconstruct = core.multiarray._reconstruct
     return [
         reconstruct,
         (reconstruct, "numpy.core.multiarray._reconstruct"),  # the name numpy 1.x wrote

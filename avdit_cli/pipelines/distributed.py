@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from avdit_cli.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -82,3 +84,22 @@ def dist_context() -> DistContext:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(minutes=30))
     return DistContext(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def resolve_device(name: str | None, ctx: DistContext | None = None) -> torch.device:
+    """--device, or the best one; a bare ``cuda`` under torchrun means this rank's GPU."""
+    ctx = ctx or DistContext()
+    if name is None:
+        return torch.device(ctx.default_device())
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: got {name!r}, expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", ctx.local_rank)
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device: got {name!r}, expected cpu, cuda or cuda:N")
+    return dev

@@ -51,6 +51,7 @@ from avdit_cli.metrics import (
 from avdit_cli.metrics.vggish import FAD_PROTOCOL
 from avdit_cli.metrics.vggish import SAMPLE_RATE as VGGISH_RATE
 from avdit_cli.paths import default_cache_dir
+from avdit_cli.pipelines.distributed import resolve_device
 from avdit_cli.pipelines.info import package_versions
 
 SAMPLES_JSON = "samples.json"
@@ -565,10 +566,6 @@ def _av_align_metric(ext: _Extractor, gen: _SetScore, ref: _SetScore | None, cfg
 # ----------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def evaluate(
     gen_dir: Path,
     cfg: Config,
@@ -592,7 +589,7 @@ def evaluate(
         raise ConfigError("eval.metrics: nothing to compute; choose from fvd, kvd, fad, av-align")
     files = generated_files(gen_dir)
     cache = feature_cache if feature_cache is not None else FeatureCache()
-    dev = device or default_device()
+    dev = str(resolve_device(device))
     extractors, skipped_metrics = build_extractors(metrics, cfg.data, dev, ev.batch_size, i3d, vggish)
     runnable = [m for m in metrics if m not in skipped_metrics]
     if not runnable:

@@ -37,13 +37,13 @@ from torch.utils.data import DataLoader
 
 from avdit_cli import __version__
 from avdit_cli.config import Config, LrSchedule, Precision, TrainMode
-from avdit_cli.data.cache import FLAG_AUDIO_PADDED, FLAG_NAMES, LatentCache
+from avdit_cli.data.cache import FLAG_AUDIO_PADDED, FLAG_NAMES, MANIFEST, LatentCache
 from avdit_cli.diffusion import Diffusion, training_losses
-from avdit_cli.errors import ConfigError, TrainingError, WeightsError
+from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors
 from avdit_cli.models import AVDiT, DiT
 from avdit_cli.paths import default_cache_dir
-from avdit_cli.pipelines.distributed import DistContext, dist_context
+from avdit_cli.pipelines.distributed import DistContext, dist_context, resolve_device
 from avdit_cli.pipelines.optim import EMA, lr_at
 from avdit_cli.pipelines.runs import (
     Checkpoint,
@@ -183,9 +183,7 @@ def finetune(
     `tensorboard`: also log to ``RUN/tb`` when the `tensorboard` package is installed (else silently not).
     """
     ctx = dist_context()
-    dev = torch.device(device or ctx.default_device())
-    if dev.type == "cuda" and dev.index is None:  # DDP needs the index; plain "cuda" means the current one
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = resolve_device(device, ctx)  # a bare "cuda" gets this rank's index, which DDP needs
     log = on_log or (lambda msg: None)
     pretrain = cfg.train.mode is TrainMode.PRETRAIN
 
@@ -205,9 +203,12 @@ def finetune(
     if rem or per_rank == 0:
         raise ConfigError(f"train.batch_size: got {global_batch}, expected a multiple of ranks x grad_accum "
                           f"({ctx.world_size} x {cfg.train.grad_accum})")
+    if cache_dir is None and not (default_cache_dir(cfg) / MANIFEST).exists():
+        raise DataError(f"no latent cache for this config at {default_cache_dir(cfg)}; make it with `avdit preprocess "
+                        f"DATA_DIR --preset {cfg.name}` and the same --set data.* / --stride values, or pass --cache DIR")
     cache_dir = Path(cache_dir or default_cache_dir(cfg))
     dataset = LatentCache(cache_dir, hflip=cfg.data.hflip, seed=cfg.train.seed,
-                          expect={"config_hash": cfg.hash("data")})
+                          expect={"config_hash": cfg.cache_hash()})
     steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: got {global_batch}, but the cache holds only {len(dataset)} clips; "

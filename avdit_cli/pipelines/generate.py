@@ -42,14 +42,14 @@ from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models import AVDiT, DiT
-from avdit_cli.pipelines.distributed import DistContext, dist_context
+from avdit_cli.pipelines.distributed import dist_context, resolve_device
 from avdit_cli.pipelines.preprocess import encode_clips
 from avdit_cli.pipelines.runs import Checkpoint, TENSORS, load_checkpoint
 
 CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) and (b, c, T, M)
 SHEET_CLIPS = 16  # clips shown on the contact sheet
 VOCODER_SEED = 0  # Griffin-Lim's initial phase: fixed, so a clip's audio depends on its latents only
-OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors")
+OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.json")
 
 
 @dataclass
@@ -133,24 +133,6 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
         if value is not None:
             overrides.append(f"sample.{key}={value.value if isinstance(value, Sampler) else value}")
     return apply_overrides(ckpt.config, overrides)
-
-
-def resolve_device(name: str | None, ctx: DistContext) -> torch.device:
-    """--device, or the best one; a bare ``cuda`` under torchrun means this rank's GPU."""
-    if name is None:
-        return torch.device(ctx.default_device())
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device: got {name!r}, expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", ctx.local_rank)
-    elif dev.type != "cpu":
-        raise ConfigError(f"--device: got {name!r}, expected cpu, cuda or cuda:N")
-    return dev
 
 
 def plan_batches(num: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:

@@ -42,7 +42,7 @@ from avdit_cli.data.cache import (
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.errors import ConfigError, DataError
 from avdit_cli.paths import default_cache_dir
-from avdit_cli.pipelines.distributed import DistContext, dist_context
+from avdit_cli.pipelines.distributed import DistContext, dist_context, resolve_device
 
 Progress = Callable[["PreprocessStatus"], None]
 WORKER_KINDS = ("process", "thread")
@@ -83,8 +83,7 @@ class PreprocessSummary:
 def decode_file(path: str, data_cfg: DataConfig, stride: float | None) -> tuple[list[Clip], dict[str, str] | None]:
     """The clips of one file, or no clips and {"reason", "message"} for a file that gives none.
 
-    Problems are returned, not raised: they are data, and a MediaError would not survive the trip back from
-    a worker process (its constructor takes three arguments, its pickled form one).
+    Problems are returned, not raised: a skipped file is data for the manifest, not a failure.
     """
     try:
         return load_clips(Path(path), data_cfg, stride), None
@@ -199,10 +198,10 @@ def preprocess(
         raise DataError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) under {data_dir}")
 
     ctx = dist_context()
-    dev = torch.device(device or ctx.default_device())
+    dev = resolve_device(device, ctx)
     if codecs is None:
         codecs = build_codecs(cfg, dev, default_dtype(dev))
-    header = CacheHeader(config_hash=cfg.hash("data"), data=cfg.to_dict()["data"], codecs=codecs.describe(),
+    header = CacheHeader(config_hash=cfg.cache_hash(), data=cfg.to_dict()["data"], codecs=codecs.describe(),
                          data_dir=str(data_dir.resolve()), classes=classes)
 
     def prepare() -> None:
