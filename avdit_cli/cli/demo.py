@@ -25,8 +25,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the data, training and sampling."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override a tiny-preset value (repeatable)."),
 ) -> None:
-    """Run the whole pipeline on built-in synthetic data, on a CPU: data, preprocess, backbone, finetune,
-    generate and scores."""
+    """Run the whole pipeline (data, preprocess, backbone, finetune, generate, scores) on a CPU."""
     opts = DemoOptions(out_dir=out, clips=clips, steps=steps, pretrain_steps=pretrain_steps, generate=num,
                        joint=not no_joint, seed=seed, overrides=tuple(set_ or ()))
     result = run_demo(opts, log=lambda msg: console.print(msg, highlight=False))
