@@ -60,3 +60,19 @@ def test_demo_cli_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--steps", "1"])
     assert result.exit_code == 1
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_the_shipped_tiny_backbone_loads_and_fits_the_tiny_preset() -> None:
+    from avdit_cli.config import load_preset
+    from avdit_cli.models import AVDiT, DiT
+    from avdit_cli.pipelines.demo import SHIPPED_BACKBONE, shipped_backbone
+
+    cfg = load_preset("tiny")
+    assert shipped_backbone(cfg) == SHIPPED_BACKBONE
+    assert shipped_backbone(load_preset("tiny", ["model.depth=2"])) is None  # another size: the demo pretrains
+    dit, report = DiT.from_pretrained(SHIPPED_BACKBONE)
+    assert report.format == "diffusers-safetensors"
+    model = AVDiT.from_config(cfg, backbone=dit)
+    assert sum(p.numel() for p in model.backbone.parameters()) == 330_136
+    provenance = json.loads((SHIPPED_BACKBONE / "provenance.json").read_text())
+    assert any("--pretrain" in step for step in provenance["made_with"])

@@ -2,7 +2,8 @@
 
 1. make a bouncing-ball dataset (30 fps, 44.1 kHz mp4 files, so preprocess does real resampling);
 2. preprocess it with the `tiny` preset;
-3. make the tiny image backbone with the finetune loop's `pretrain` mode (frames only, every weight trained);
+3. take the tiny image backbone the package ships (made by this project's pretrain mode, see
+   `avdit_cli/assets/tiny-dit/provenance.json`), or make one now with `--pretrain-steps N`;
 4. fine-tune AV-DiT's adapters on the frozen backbone (`--no-joint`: without the joint block);
 5. generate clips with sound;
 6. score them: the synthetic data's sync F1 and AV-Align of real clips, of real clips with their audio shuffled
@@ -26,7 +27,7 @@ import numpy as np
 from avdit_cli.config import Config, load_preset
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
-from avdit_cli.data.sync import SyncScore, mean_f1, shuffled_baseline, sync_score
+from avdit_cli.data.sync import SyncScore, derangement, mean_f1, sync_score
 from avdit_cli.data.synthetic import make_dataset
 from avdit_cli.errors import DataError
 from avdit_cli.metrics import av_align_score
@@ -44,7 +45,7 @@ class DemoOptions:
     clips: int = 24  # source files of `seconds` each; each gives seconds // 1.6 training clips
     seconds: float = 6.4
     steps: int = 600  # adapter fine-tuning steps
-    pretrain_steps: int = 400  # image-backbone steps
+    pretrain_steps: int = 0  # 0: the shipped tiny backbone; N > 0: pretrain one for N steps first
     generate: int = 8
     sample_steps: int = 25
     joint: bool = True
@@ -101,22 +102,36 @@ def read_clips(paths: list[Path], cfg: Config) -> list[Clip]:
 
 def score_group(name: str, frames: list[np.ndarray], audio: list[np.ndarray], cfg: Config,
                 shuffle_seed: int | None = None) -> GroupScore:
+    """Sync F1 and AV-Align of clips; with `shuffle_seed`, clip i's frames go with clip perm[i]'s audio
+    (a seeded derangement): the chance level."""
     fps, sr = cfg.data.fps, cfg.data.sample_rate
-    if shuffle_seed is None:
-        syncs: list[SyncScore] = [sync_score(f, a, fps, sr) for f, a in zip(frames, audio)]
-        pairs = list(zip(frames, audio))
-    else:
-        syncs = shuffled_baseline(frames, audio, fps, sr, seed=shuffle_seed)
-        from avdit_cli.data.sync import derangement
-
+    pairs = list(zip(frames, audio))
+    if shuffle_seed is not None:
         perm = derangement(len(frames), np.random.default_rng(shuffle_seed))
         pairs = [(frames[i], audio[j]) for i, j in enumerate(perm)]
+    syncs: list[SyncScore] = [sync_score(f, a, fps, sr) for f, a in pairs]
     f1, skipped = mean_f1(syncs)
     align = av_align_score(pairs, fps, sr)
     return GroupScore(name, len(frames), f1, skipped, align.score)
 
 
 DEMO_PARTS = ("data", "cache", "runs", "samples", "demo.json")
+SHIPPED_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "tiny-dit"
+FALLBACK_PRETRAIN_STEPS = 400
+
+
+def shipped_backbone(cfg: Config) -> Path | None:
+    """The packaged tiny backbone when it fits `cfg` (same DiT sizes and latents), else None."""
+    path = SHIPPED_BACKBONE / "config.json"
+    if not path.is_file():
+        return None
+    c = json.loads(path.read_text())
+    m, (_, ch, h, _) = cfg.model, cfg.data.video_latent_shape
+    fits = (c["num_layers"], c["num_attention_heads"] * c["attention_head_dim"], c["num_attention_heads"],
+            c["patch_size"], c["in_channels"], c["sample_size"], c["num_embeds_ada_norm"],
+            c["out_channels"] == 2 * c["in_channels"]) == (
+        m.depth, m.hidden_size, m.num_heads, m.patch_size, ch, h, m.num_classes, m.learn_sigma)
+    return SHIPPED_BACKBONE if fits else None
 
 
 def prepare_demo_dir(out: Path) -> None:
@@ -160,11 +175,16 @@ def demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     say(f"    {summary.clips} clips cached")
 
     runs = out / "runs"
-    say(f"3/6 pretrain the tiny image backbone ({opts.pretrain_steps} steps, frames only)")
-    pre_cfg = cfg.replace(**{"train.mode": "pretrain", "train.steps": opts.pretrain_steps,
-                             "train.checkpoint_every": max(1, opts.pretrain_steps)})
-    pre = timed("pretrain", lambda: finetune(pre_cfg, cache_dir=cache_dir, run_dir=runs / "pretrain"))
-    backbone = pre.run_dir / "backbone"
+    backbone = shipped_backbone(cfg) if opts.pretrain_steps == 0 else None
+    if backbone is not None:
+        say(f"3/6 the tiny image backbone shipped with avdit ({backbone})")
+    else:
+        steps = opts.pretrain_steps or FALLBACK_PRETRAIN_STEPS  # no shipped one fits this config
+        say(f"3/6 pretrain the tiny image backbone ({steps} steps, frames only)")
+        pre_cfg = cfg.replace(**{"train.mode": "pretrain", "train.steps": steps,
+                                 "train.checkpoint_every": steps})
+        pre = timed("pretrain", lambda: finetune(pre_cfg, cache_dir=cache_dir, run_dir=runs / "pretrain"))
+        backbone = pre.run_dir / "backbone"
 
     say(f"4/6 fine-tune the adapters ({opts.steps} steps, joint block {'on' if opts.joint else 'off'})")
     ft_cfg = cfg.replace(**{"model.backbone_path": str(backbone.resolve())})
