@@ -359,3 +359,12 @@ def test_missing_backbone_is_a_weights_error(tmp_path: Path) -> None:
 def test_checkpoint_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="avdit finetune"):
         gen(tmp_path / "runs" / "nope", tmp_path / "out")
+
+
+def test_eta_is_refused_for_samplers_that_ignore_it(tmp_path: Path) -> None:
+    from avdit_cli.config import Sampler
+
+    run, _ = make_run(tmp_path)
+    with pytest.raises(ConfigError, match="--eta"):
+        gen(run, tmp_path / "o", num=1, sampler=Sampler.DDPM, eta=0.5)
+    assert not (tmp_path / "o").exists()

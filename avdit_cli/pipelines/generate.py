@@ -132,7 +132,11 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
                        ("cfg_scale", opts.cfg_scale), ("seed", opts.seed), ("batch_size", opts.batch_size)):
         if value is not None:
             overrides.append(f"sample.{key}={value.value if isinstance(value, Sampler) else value}")
-    return apply_overrides(ckpt.config, overrides)
+    cfg = apply_overrides(ckpt.config, overrides)
+    if opts.eta is not None and opts.eta > 0 and cfg.sample.sampler is not Sampler.DDIM:
+        raise ConfigError(f"--eta: only DDIM uses it, and the sampler is {cfg.sample.sampler.value}; "
+                          "add --sampler ddim or drop --eta")
+    return cfg
 
 
 def plan_batches(num: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
