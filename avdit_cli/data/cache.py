@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors import safe_open
@@ -231,17 +231,21 @@ class LatentCache(Dataset):
             "video": video.float(),
             "audio": audio.float(),
             "label": torch.tensor(clip.get("label", -1), dtype=torch.int64),
-            "audio_ok": torch.tensor(FLAG_AUDIO_PADDED not in _flag_bits(clip.get("flags", []))),
+            "audio_ok": torch.tensor(audio_ok(clip)),
             "index": torch.tensor(i, dtype=torch.int64),
         }
 
-    def iter_shards(self) -> Iterator[dict[str, torch.Tensor]]:
-        for index, shard in enumerate(self.manifest["shards"]):
-            if shard["file"]:
-                h = self._shard(index)
-                yield {k: h.get_tensor(k) for k in h.keys()}
 
 
-def _flag_bits(flags: list[str]) -> set[int]:
-    names = {v: k for k, v in FLAG_NAMES.items()}
-    return {names[f] for f in flags if f in names}
+def flag_mask(flags: Sequence[str]) -> int:
+    """A clip's flag names as the bit mask stored in its shard's `flags` tensor."""
+    bits = {name: bit for bit, name in FLAG_NAMES.items()}
+    mask = 0
+    for name in flags:
+        mask |= bits.get(name, 0)
+    return mask
+
+
+def audio_ok(clip: dict[str, Any]) -> bool:
+    """Whether a clip record's audio counts in the loss (not padded); read from the manifest, no tensor."""
+    return FLAG_NAMES[FLAG_AUDIO_PADDED] not in clip.get("flags", [])

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from avdit_cli import __version__
 from avdit_cli.config import Config, LrSchedule, Precision, TrainMode
-from avdit_cli.data.cache import FLAG_AUDIO_PADDED, FLAG_NAMES, MANIFEST, LatentCache
+from avdit_cli.data.cache import MANIFEST, LatentCache, audio_ok
 from avdit_cli.diffusion import Diffusion, training_losses
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors
@@ -466,11 +466,6 @@ def _export_backbone(model: nn.Module, ema: EMA, folder: Path) -> None:
                 p.copy_(live[k])
 
 
-def _audio_ok(dataset: LatentCache, i: int) -> bool:
-    """Whether clip i's audio counts in the loss (not padded), from the manifest: no tensor is read."""
-    return FLAG_NAMES[FLAG_AUDIO_PADDED] not in dataset.clips[i].get("flags", [])
-
-
 def _batches(dataset: LatentCache, cfg: Config, ctx: DistContext, start: int, steps_per_epoch: int,
              per_rank: int, pretrain: bool
              ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, int]]]:
@@ -491,7 +486,7 @@ def _batches(dataset: LatentCache, cfg: Config, ctx: DistContext, start: int, st
             if pretrain:  # every frame is an image of its own
                 counts = {"image": global_batch * frames}
             else:
-                counts = {"video": global_batch, "audio": sum(_audio_ok(dataset, i) for i in ids)}
+                counts = {"video": global_batch, "audio": sum(audio_ok(dataset.clips[i]) for i in ids)}
             for micro in range(cfg.train.grad_accum):
                 lo = (micro * ctx.world_size + ctx.rank) * per_rank
                 plan.append(ids[lo : lo + per_rank])

@@ -25,13 +25,13 @@ from einops import rearrange
 from avdit_cli.codecs import Codecs, build_codecs, default_dtype
 from avdit_cli.config import Config, DataConfig
 from avdit_cli.data.cache import (
-    FLAG_NAMES,
     SKIPPED,
     VIDEO_EXTENSIONS,
     CacheHeader,
     check_or_write_header,
     class_names,
     find_videos,
+    flag_mask,
     merge_manifest,
     plan_shards,
     read_manifest,
@@ -302,7 +302,7 @@ def _make_shards(cfg: Config, cache_dir: Path, shards: list[list[Path]], rel: li
                     "video": video,  # (n, f, c, h, w)
                     "audio": audio,  # (n, c_a, T_a, M_a)
                     "label": torch.tensor([r["label"] for r in rows], dtype=torch.int64),  # (n,), -1: none
-                    "flags": torch.tensor([_flag_mask(r["flags"]) for r in rows], dtype=torch.int64),  # (n,)
+                    "flags": torch.tensor([flag_mask(r["flags"]) for r in rows], dtype=torch.int64),  # (n,)
                 }
             write_shard(cache_dir, index, tensors, {"files": rel[index], "clips": rows, "skipped": skipped})
             status.clips += len(clips)
@@ -326,9 +326,3 @@ def covered_seconds(clips: Sequence[dict[str, Any]], clip_seconds: float) -> flo
     return total
 
 
-def _flag_mask(flags: Sequence[str]) -> int:
-    names = {v: k for k, v in FLAG_NAMES.items()}
-    mask = 0
-    for f in flags:
-        mask |= names.get(f, 0)
-    return mask
