@@ -115,6 +115,9 @@ class ModelConfig:
     joint: bool = True
     joint_after: tuple[int, ...] = (-1,)
     joint_lora_rank: int = 8
+    # Rotate the joint block's queries and keys by each token's time on the clip's clock (video frames and
+    # audio rows on one time axis), so audio tokens can find the frames they sound in (adapters.TimeRotary).
+    joint_time_rope: bool = True
     # A trainable class table (zero-initialised offset) for class-conditional fine-tuning (Landscape).
     trainable_class_table: bool = False
     grad_checkpointing: bool = False
@@ -238,6 +241,9 @@ class SampleConfig:
     cfg_scale: float = 1.0
     batch_size: int = 8
     seed: int = 0
+    # Clamp every step's x_0 prediction to the codec's latent range, where the codec has one (the `pixels`
+    # codecs); a VAE's latents are unbounded, so this does nothing for them.
+    clip_denoised: bool = False
 
 
 @dataclass(frozen=True)

@@ -268,3 +268,45 @@ def test_residual_stream_stays_float32_under_bf16_autocast() -> None:
         out = model(torch.randn(1, 2, c, h, w), torch.randn(1, *cfg.data.audio_latent_shape), torch.tensor([10]))
     assert tokens.dtype == torch.float32
     assert torch.isfinite(out["video"]).all() and torch.isfinite(out["audio"]).all()
+
+
+# ---- the joint block's time rotary embedding ------------------------------------------------------------------
+def test_time_rotary_scores_depend_on_the_time_difference_only() -> None:
+    from avdit_cli.models.adapters import TimeRotary
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
+    def score(tq: float, tk: float) -> float:
+        rq, rk = TimeRotary(torch.tensor([tq]), 16), TimeRotary(torch.tensor([tk]), 16)
+        return float((rq(q) * rk(k)).sum())
+    assert score(3.0, 1.0) == pytest.approx(score(7.5, 5.5), abs=1e-5)  # same difference, same score
+    assert score(3.0, 3.0) == pytest.approx(float((q * k).sum()), abs=1e-5)  # no difference: unrotated
+    assert abs(score(3.0, 1.0) - score(3.0, 3.0)) > 1e-3
+    rot = TimeRotary(torch.tensor([0.0, 2.0, 4.0]), 16)
+    x = torch.randn(2, 3, 3, 16, generator=g)
+    torch.testing.assert_close(rot(x).norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
+
+
+def test_joint_token_times_share_one_clock() -> None:
+    model = build(joint_after=(-1,))
+    times = model.joint_token_times(num_frames=3, audio_rows=6, audio_cols=2, device=torch.device("cpu"))
+    n_v = model.backbone.grid_size ** 2
+    assert times.shape == (3 * n_v + 12,)
+    assert times[:n_v].eq(0).all() and times[2 * n_v: 3 * n_v].eq(2).all()
+    # 6 audio rows span the same 3 frames: row r sits at (r + 0.5) / 2 frames, twice (2 columns)
+    torch.testing.assert_close(times[3 * n_v:], torch.tensor([0.25, 0.25, 0.75, 0.75, 1.25, 1.25, 1.75, 1.75,
+                                                              2.25, 2.25, 2.75, 2.75]))
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_the_joint_block_sees_token_times_only_with_rope(rope: bool) -> None:
+    """With trained joint adapters, switching the time rotary on or off changes the output: the joint attention
+    really uses it (and the config switch really reaches it)."""
+    model = build(joint_after=(-1,), joint_time_rope=rope).eval()
+    randomize_adapters(model, scale=0.5)
+    x = av_inputs(b=1, f=3, t_a=8)
+    with torch.no_grad():
+        base = model(**x)["video"]
+        model.cfg = dataclasses.replace(model.cfg, joint_time_rope=not rope)
+        other = model(**x)["video"]
+    assert (base - other).abs().max() > 1e-4

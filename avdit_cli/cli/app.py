@@ -11,6 +11,7 @@ from avdit_cli import __version__
 from avdit_cli.cli.demo import demo
 from avdit_cli.cli.download import download
 from avdit_cli.cli.eval import eval_cmd
+from avdit_cli.cli.export import export
 from avdit_cli.cli.finetune import finetune
 from avdit_cli.cli.generate import generate
 from avdit_cli.cli.info import info
@@ -51,6 +52,7 @@ app.command()(finetune)
 app.command()(generate)
 app.command("eval")(eval_cmd)
 app.command()(demo)
+app.command()(export)
 
 
 def main() -> None:

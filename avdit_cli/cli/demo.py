@@ -13,6 +13,17 @@ from avdit_cli.cli.common import cli_errors, console
 from avdit_cli.pipelines.demo import DemoOptions, demo as run_demo
 
 
+PRETRAINED_DEFAULT_N = 16
+
+
+def _num(v: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{100 * v:.0f}%"
+
+
 @cli_errors
 def demo(
     out: Path = typer.Option(Path("avdit-demo"), "--out", "-o", help="Folder for the demo's data, runs and clips."),
@@ -20,25 +31,41 @@ def demo(
     steps: int = typer.Option(DemoOptions.steps, "--steps", min=1, help="Adapter fine-tuning steps."),
     pretrain_steps: int = typer.Option(DemoOptions.pretrain_steps, "--pretrain-steps", min=0,
                                        help="0: use the tiny backbone avdit ships; N: pretrain one for N steps."),
-    num: int = typer.Option(DemoOptions.generate, "--generate", "-n", min=1, help="Clips to generate."),
-    no_joint: bool = typer.Option(False, "--no-joint", help="Train without the joint block (the ablation)."),
+    num: Optional[int] = typer.Option(None, "--generate", "-n", min=1,
+                                      help=f"Clips to generate (default {DemoOptions.generate}; "
+                                           f"{PRETRAINED_DEFAULT_N} with --pretrained).", show_default=False),
+    no_joint: bool = typer.Option(False, "--no-joint", help="Without the joint block (the ablation): train so, "
+                                  "or with --pretrained use the shipped ablation model."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="No training: generate from the AV-DiT demo "
+                                    "models avdit ships, and score them."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, training and sampling."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override a tiny-preset value (repeatable)."),
+    seconds: float = typer.Option(DemoOptions.seconds, "--seconds", min=1.6, help="Length of each synthetic file."),
+    data_only: bool = typer.Option(False, "--data-only", help="Only make the synthetic dataset (OUT/data), "
+                                   "e.g. to preprocess and train on it with the other commands."),
 ) -> None:
     """Run the whole pipeline (data, preprocess, backbone, finetune, generate, scores) on a CPU."""
+    if num is None:
+        num = PRETRAINED_DEFAULT_N if pretrained else DemoOptions.generate
     opts = DemoOptions(out_dir=out, clips=clips, steps=steps, pretrain_steps=pretrain_steps, generate=num,
-                       joint=not no_joint, seed=seed, overrides=tuple(set_ or ()))
-    result = run_demo(opts, log=lambda msg: console.print(msg, highlight=False))
-    table = Table(title=f"avdit demo ({'joint block on' if opts.joint else 'no joint block'}, {steps} steps)",
+                       joint=not no_joint, seed=seed, overrides=tuple(set_ or ()), seconds=seconds,
+                       data_only=data_only, pretrained=pretrained)
+    result = run_demo(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True))
+    if data_only:
+        console.print(f"data: {result.out_dir / 'data'}", soft_wrap=True)
+        return
+    what = "shipped model" if pretrained else f"{steps} steps"
+    table = Table(title=f"avdit demo ({'joint block on' if opts.joint else 'no joint block'}, {what})",
                   title_justify="left")
-    table.add_column("clips")
-    table.add_column("n", justify="right")
-    table.add_column("sync F1", justify="right")
-    table.add_column("AV-Align", justify="right")
+    for name, justify in (("clips", "left"), ("n", "right"), ("sync F1", "right"), ("AV-Align", "right"),
+                          ("balls/frame", "right"), ("1-2 balls", "right"), ("noise frames", "right"),
+                          ("smooth moves", "right"), ("onsets/clip", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for g in result.scores:
-        f1 = "n/a" if math.isnan(g.sync_f1) else f"{g.sync_f1:.3f}"
         note = f" ({g.sync_skipped} without events)" if g.sync_skipped else ""
-        table.add_row(g.name, str(g.clips), f1 + note, f"{g.av_align:.3f}")
+        table.add_row(g.name, str(g.clips), _num(g.sync_f1) + note, _num(g.av_align), _num(g.balls_per_frame, 2),
+                      _pct(g.one_or_two_balls), _pct(g.noise_frames), _pct(g.smooth_moves),
+                      _num(g.onsets_per_clip, 2))
     console.print(table)
     for name, m in result.eval_metrics.items():
         if m.get("status") == "ok":

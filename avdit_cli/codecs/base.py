@@ -26,6 +26,9 @@ class LatentCodec(ABC):
     latent_channels: int
     factor: int  # spatial down-sampling of each of the last two axes
     scale: float  # latents = raw latents * scale (applied in encode, undone in decode)
+    # The range every latent lies in, where the codec bounds it (pixels: yes; a VAE: no). Samplers may clamp
+    # their x_0 predictions to it (`sample.clip_denoised`).
+    latent_range: tuple[float, float] | None = None
     device: torch.device
     dtype: torch.dtype  # compute dtype
 

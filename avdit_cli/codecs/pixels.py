@@ -9,13 +9,17 @@ downloads.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from avdit_cli.codecs.base import LatentCodec
+from avdit_cli.codecs.mel import LOG_CLAMP
 
 MEL_OFFSET = -4.5  # middle of the log-mel range [-11.5, 3]
 MEL_SPREAD = 4.0  # about half that range
+MEL_CEILING = 2.5  # log-mel of a full-scale square wave reaches 2.3, of a full-scale sine 2.0
 
 
 class _AreaCodec(LatentCodec):
@@ -38,6 +42,7 @@ class PixelVideoCodec(_AreaCodec):
     """(n, 3, H, W) in [-1, 1] <-> (n, 3, H/k, W/k); no scale (1.0)."""
 
     scale = 1.0
+    latent_range = (-1.0, 1.0)  # an average of pixels in [-1, 1]
 
     def __init__(self, factor: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         super().__init__(3, factor, device, dtype)
@@ -53,6 +58,8 @@ class PixelMelCodec(_AreaCodec):
     """(b, 1, T, M) log-mel <-> (b, 1, T/k, M/k), normalised with MEL_OFFSET / MEL_SPREAD."""
 
     scale = 1.0 / MEL_SPREAD
+    # from the log clamp (silence) to a full-scale signal: about [-1.75, 1.75]
+    latent_range = ((math.log(LOG_CLAMP) - MEL_OFFSET) / MEL_SPREAD, (MEL_CEILING - MEL_OFFSET) / MEL_SPREAD)
 
     def __init__(self, factor: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         super().__init__(1, factor, device, dtype)

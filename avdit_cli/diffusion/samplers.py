@@ -27,7 +27,7 @@ from torch import Tensor
 from avdit_cli.config import Sampler
 from avdit_cli.diffusion.gaussian import split_output
 from avdit_cli.diffusion.respace import space_timesteps
-from avdit_cli.diffusion.schedule import Diffusion, ModelFn
+from avdit_cli.diffusion.schedule import Diffusion, ModelFn, x0_bounds
 
 KnownMode = Literal["timestep", "replace"]
 Progress = Callable[[int, int], None]
@@ -73,13 +73,15 @@ def sample(
     known_mode: KnownMode = "timestep",
     progress: Progress | None = None,
     respacing: str | Sequence[int] | None = None,
-    clip_denoised: bool = False,
+    clip_denoised: bool | Mapping[str, tuple[float, float] | None] = False,
 ) -> dict[str, Tensor]:
     """Generate every modality in ``shapes`` (full shapes with the batch dim, e.g. video (b, f, c, h, w)).
 
     ``known`` modalities are taken as given (see the module doc); the rest start from seeded N(0, I).
-    ``eta`` is used by DDIM only. ``progress(done, total)`` is called after each step. Returns a dict with
-    every modality of ``shapes`` and ``known``.
+    ``eta`` is used by DDIM only. ``progress(done, total)`` is called after each step.
+    ``clip_denoised``: clamp every step's x_0 prediction, to [-1, 1] for every modality (``True``) or to a
+    range per modality (a mapping; a modality missing or mapped to None is not clamped), as data with known
+    bounds (pixels) allow. Returns a dict with every modality of ``shapes`` and ``known``.
     """
     sampler = Sampler(sampler)
     device = torch.device(device)
@@ -127,16 +129,22 @@ class _Step:
     """One sampler's update x_i -> x_{i-1} for one modality, at index i of the respaced chain."""
 
     def __init__(
-        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators, clip: bool, eta: float
+        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators,
+        clip: bool | Mapping[str, tuple[float, float] | None], eta: float
     ) -> None:
         self.chain, self.channel_dims, self.generator, self.clip, self.eta = chain, channel_dims, generator, clip, eta
+
+    def bounds(self, m: str) -> tuple[float, float] | None:
+        """The x_0 range of modality m, or None (no clamp)."""
+        return x0_bounds(self.clip.get(m) if isinstance(self.clip, Mapping) else self.clip)
 
     def x0_and_eps(self, m: str, out: Tensor, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Only the eps half of a learned-variance output is used here."""
         eps, _ = split_output(out, x, self.channel_dims[m], self.chain.learn_sigma)
         x0 = self.chain.predict_x0_from_eps(x, t, eps)
-        if self.clip:
-            x0 = x0.clamp(-1, 1)
+        bounds = self.bounds(m)
+        if bounds is not None:
+            x0 = x0.clamp(*bounds)
             eps = self.chain.predict_eps_from_x0(x, t, x0)
         return x0, eps
 
@@ -149,7 +157,7 @@ class _DDPM(_Step):
 
     def __call__(self, m: str, out: Tensor, x: Tensor, i: int) -> Tensor:
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        p = self.chain.p_mean_variance(out, x, t, self.channel_dims[m], clip_denoised=self.clip)
+        p = self.chain.p_mean_variance(out, x, t, self.channel_dims[m], clip_denoised=self.bounds(m))
         if i == 0:
             return p.mean
         return p.mean + torch.exp(0.5 * p.log_variance) * _randn(x.shape, self.generator, x.device, x.dtype)
@@ -183,7 +191,8 @@ class _DPMSolverPP2M(_Step):
     """
 
     def __init__(
-        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators, clip: bool, eta: float
+        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators,
+        clip: bool | Mapping[str, tuple[float, float] | None], eta: float
     ) -> None:
         super().__init__(chain, channel_dims, generator, clip, eta)
         ab = chain.alphas_cumprod

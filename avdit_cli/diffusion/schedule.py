@@ -30,6 +30,16 @@ from avdit_cli.errors import ConfigError
 ModelFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Mapping[str, Tensor]]
 
 
+def x0_bounds(clip: bool | tuple[float, float] | None) -> tuple[float, float] | None:
+    """The range an x_0 prediction is clamped to: ``True`` is [-1, 1] (IDDPM's ``clip_denoised``), a pair is
+    itself, ``False`` / ``None`` is no clamp."""
+    if clip is True:
+        return (-1.0, 1.0)
+    if not clip:
+        return None
+    return (float(clip[0]), float(clip[1]))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Beta schedules
 # ----------------------------------------------------------------------------------------------------------
@@ -223,12 +233,14 @@ class Diffusion:
 
     # -- p ----------------------------------------------------------------------------------------------
     def p_mean_variance(
-        self, model_out: Tensor, x_t: Tensor, t: Tensor, channel_dim: int, clip_denoised: bool = False
+        self, model_out: Tensor, x_t: Tensor, t: Tensor, channel_dim: int,
+        clip_denoised: bool | tuple[float, float] | None = False,
     ) -> PMeanVariance:
         """p(x_{t-1} | x_t) from one modality's model output (eps, plus v in [-1, 1] when learned).
 
         Learned range (DiT): frac = (v + 1) / 2, log var = frac log beta_t + (1 - frac) log beta~_t (clipped).
-        ``clip_denoised`` clamps the x_0 prediction to [-1, 1]; DiT's latent sampling leaves it off.
+        ``clip_denoised`` clamps the x_0 prediction: ``True`` to [-1, 1] (IDDPM's pixel-space sampling), a
+        ``(low, high)`` pair to that range; DiT's latent sampling leaves it off.
         """
         eps, v = split_output(model_out, x_t, channel_dim, self.learn_sigma)
         if self.variance_type is VarianceType.LEARNED_RANGE:
@@ -246,8 +258,9 @@ class Diffusion:
             var = self.gather(table, t, x_t).expand_as(x_t)
             log_var = self.gather(log_table, t, x_t).expand_as(x_t)
         pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
-        if clip_denoised:
-            pred_x0 = pred_x0.clamp(-1, 1)
+        bounds = x0_bounds(clip_denoised)
+        if bounds is not None:
+            pred_x0 = pred_x0.clamp(*bounds)
             eps = self.predict_eps_from_x0(x_t, t, pred_x0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         return PMeanVariance(mean=mean, variance=var, log_variance=log_var, pred_x0=pred_x0, eps=eps)

@@ -3,7 +3,8 @@
 - ``LoRA``: a low-rank delta added to a frozen linear layer's output, ``B`` zero-initialised.
 - ``TemporalAttention``: attention over the frames of each spatial token, output projection zero-initialised.
 - ``JointBlockAdapter``: the trainable parameters of a joint block that reuses a frozen DiT block over the
-  concatenated audio + video tokens of one clip (modality embeddings, joint LoRA, zero gates).
+  concatenated audio + video tokens of one clip (modality embeddings, joint LoRA, zero gates), optionally
+  with a rotary embedding of each token's time on the clip's shared clock (``TimeRotary``).
 
 Axis letters: b batch, f frames, n tokens, d hidden.
 """
@@ -79,6 +80,38 @@ class TemporalAttention(nn.Module):
         return rearrange(h, "(b n) f d -> (b f) n d", n=n)
 
 
+class TimeRotary:
+    """A rotary position embedding (Su et al., RoFormer) of each token's *time*, for attention over the audio
+    and video tokens of a clip.
+
+    Video tokens and audio tokens live on different grids (frames at 10 fps; audio latent rows every 80 ms in
+    the tiny and paper settings), and the frozen block's 2-D position embeddings say nothing about when a
+    token happens. Rotating queries and keys by the time on one clock, in video frames, makes every query-key
+    score a function of the time difference (the "aligned RoPE" MMAudio uses for sync), so an audio token can
+    find the frame it sounds in. It has no parameters and costs no memory beyond the (n, e) tables.
+
+    times: (n,) token times in frames; head_dim e (even). Frequencies ``ROPE_BASE^(-2k/e)`` per frame: periods
+    from 2π frames (the fastest pairs tell neighbouring frames apart) to about 100 x 2π (content matching
+    across the whole clip is barely changed). ``__call__``: (b, heads, n, e) -> the same, rotated.
+    """
+
+    ROPE_BASE = 100.0
+
+    def __init__(self, times: Tensor, head_dim: int) -> None:
+        if head_dim % 2:
+            raise ValueError(f"a rotary embedding needs an even head size, got {head_dim}")
+        k = torch.arange(head_dim // 2, dtype=torch.float64, device=times.device)
+        freqs = self.ROPE_BASE ** (-2 * k / head_dim)  # (e/2,)
+        angles = times.to(torch.float64)[:, None] * freqs[None]  # (n, e/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (n, e): the two halves are the pairs (x_i, x_{i + e/2})
+        self.cos, self.sin = angles.cos().float(), angles.sin().float()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated_half = torch.cat([-x2, x1], dim=-1)
+        return x * self.cos.to(x.dtype) + rotated_half * self.sin.to(x.dtype)
+
+
 class JointBlockAdapter(nn.Module):
     """Trainable parts of a joint block; the frozen DiT block is passed in at call time.
 
@@ -99,14 +132,15 @@ class JointBlockAdapter(nn.Module):
         self.mlp_gate = nn.Parameter(torch.zeros(2, d))
         self.lora = block_lora(block, lora_targets, rank, alpha, generator)
 
-    def forward(self, block: DiTBlock, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor) -> tuple[Tensor, Tensor]:
-        # xv (b, f*n_v, d) all frames of a clip; xa (b, n_a, d); cv, ca (b, d)
+    def forward(self, block: DiTBlock, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor,
+                rotary: TimeRotary | None = None) -> tuple[Tensor, Tensor]:
+        # xv (b, f*n_v, d) all frames of a clip; xa (b, n_a, d); cv, ca (b, d); rotary over the f*n_v + n_a tokens
         # Each modality keeps its own adaLN modulation (its own timestep); only attention mixes them.
         sv, sa = block.modulation(cv), block.modulation(ca)  # shift/scale/gate msa, then mlp: six (b, d)
         lora = self.lora if len(self.lora) else None
         hv = modulate(block.norm1(xv), sv[0], sv[1]) + self.modality_embed[0].to(xv.dtype)
         ha = modulate(block.norm1(xa), sa[0], sa[1]) + self.modality_embed[1].to(xa.dtype)
-        o = block.attention(torch.cat([hv, ha], dim=1), lora)  # (b, f*n_v + n_a, d)
+        o = block.attention(torch.cat([hv, ha], dim=1), lora, rotary)  # (b, f*n_v + n_a, d)
         ov, oa = o.split([xv.shape[1], xa.shape[1]], dim=1)
         xv = xv + self.attn_gate[0] * (sv[2].unsqueeze(1) * ov)
         xa = xa + self.attn_gate[1] * (sa[2].unsqueeze(1) * oa)

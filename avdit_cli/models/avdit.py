@@ -7,7 +7,8 @@ c = t_embedder(t) + y_embedder(y) (+ trainable class offset)              frozen
 for each frozen block k:
     video: spatial attn -> temporal attn (new, zero out) -> MLP         (b f) n_v d
     audio: the same block with audio LoRA (new, B zero)                   b n_a d
-    if k in joint_after: joint block over b (f n_v + n_a) d               (frozen block k + new adapter)
+    if k in joint_after: joint block over b (f n_v + n_a) d               (frozen block k + new adapter;
+                         queries and keys rotated by each token's time: TimeRotary)
 video: final_layer (frozen) -> (b, f, 2c, h, w);  audio: audio_final_layer (new, zero) -> (b, 2c_a, T_a, M_a)
 ```
 
@@ -27,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from avdit_cli.config import Config, ModelConfig, TemporalPos
 from avdit_cli.errors import ConfigError, WeightsError
-from avdit_cli.models.adapters import JointBlockAdapter, TemporalAttention, block_lora
+from avdit_cli.models.adapters import JointBlockAdapter, TemporalAttention, TimeRotary, block_lora
 from avdit_cli.models.dit import DiT, FinalLayer, sincos_1d, sincos_2d
 
 
@@ -190,11 +191,23 @@ class AVDiT(nn.Module):
         lora = self.audio_lora[k]
         return self.backbone.blocks[k](xa, ca, lora=lora if len(lora) else None)
 
-    def _joint_block(self, k: int, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor, num_frames: int
-                     ) -> tuple[Tensor, Tensor]:
+    def joint_token_times(self, num_frames: int, audio_rows: int, audio_cols: int, device: torch.device) -> Tensor:
+        """(f n_v + n_a,) the time of every token of the joint sequence, in video frames.
+
+        Frame k's tokens are at time k. The audio latents cover the same span as the frames (the clip
+        protocol: ``num_frames / fps`` seconds both), so audio token row r (of ``audio_rows``) covers
+        ``[r, r + 1) x num_frames / audio_rows`` frames and sits at its middle."""
+        n_v = self.backbone.grid_size ** 2
+        video = torch.arange(num_frames, device=device, dtype=torch.float32).repeat_interleave(n_v)
+        audio = ((torch.arange(audio_rows, device=device, dtype=torch.float32) + 0.5) * num_frames / audio_rows
+                 ).repeat_interleave(audio_cols)  # tokens in row-major (rows, cols) order, as PatchEmbed's
+        return torch.cat([video, audio])
+
+    def _joint_block(self, k: int, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor, num_frames: int,
+                     rotary: TimeRotary | None) -> tuple[Tensor, Tensor]:
         n = xv.shape[1]
         clip = rearrange(xv, "(b f) n d -> b (f n) d", f=num_frames)  # all tokens of one clip in one sequence
-        clip, xa = self.joint[str(k)](self.backbone.blocks[k], clip, xa, cv, ca)
+        clip, xa = self.joint[str(k)](self.backbone.blocks[k], clip, xa, cv, ca, rotary)
         return rearrange(clip, "b (f n) d -> (b f) n d", n=n), xa
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -227,12 +240,15 @@ class AVDiT(nn.Module):
         ca = cv if t_audio is None else self._condition(t_audio, y)
         cv_frames = repeat(cv, "b d -> (b f) d", f=f)
         tpos = self._temporal_pos(f, xv.device)
+        rotary = None
+        if self.joint and self.cfg.joint_time_rope:
+            rotary = TimeRotary(self.joint_token_times(f, gh, gw, xv.device), bb.hidden_size // bb.num_heads)
 
         for k in range(bb.depth):
             xv = self._call(self._video_block, k, xv, cv_frames, f, tpos)
             xa = self._call(self._audio_block, k, xa, ca)
             if str(k) in self.joint:
-                xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f)
+                xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f, rotary)
 
         video_out = bb.unpatchify(bb.final_layer(xv, cv_frames), bb.grid_size, bb.grid_size)  # (b f) 2c h w
         audio_out = rearrange(

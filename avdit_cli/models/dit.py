@@ -183,15 +183,19 @@ class DiTBlock(nn.Module):
         """(b, d) -> shift, scale, gate for attention, then for the MLP: six (b, d)."""
         return self.adaLN_modulation(c).chunk(6, dim=-1)
 
-    def attention(self, h: Tensor, lora: Mapping[str, nn.Module] | None = None) -> Tensor:
-        """Self-attention over the tokens of (b, n, d), via SDPA."""
+    def attention(self, h: Tensor, lora: Mapping[str, nn.Module] | None = None,
+                  rotary: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Self-attention over the tokens of (b, n, d), via SDPA. ``rotary`` (optional) rotates the queries and
+        keys (b, heads, n, e) before the dot products (a rotary position embedding, for the AV-DiT joint block)."""
         qkv_delta, proj_delta = _pick(lora, "qkv"), _pick(lora, "proj")
-        if qkv_delta is None and proj_delta is None:
+        if qkv_delta is None and proj_delta is None and rotary is None:
             return self.attn(h)
         # The same computation as timm's Attention.forward, with the LoRA deltas added to qkv and proj.
         attn = self.attn
         qkv = _lora_linear(attn.qkv, h, qkv_delta)
         q, k, v = rearrange(qkv, "b n (three heads e) -> three b heads n e", three=3, heads=attn.num_heads)
+        if rotary is not None:
+            q, k = rotary(q), rotary(k)
         o = F.scaled_dot_product_attention(q, k, v)
         o = rearrange(o, "b heads n e -> b n (heads e)")
         return _lora_linear(attn.proj, o, proj_delta)

@@ -6,8 +6,14 @@
    `avdit_cli/assets/tiny-dit/provenance.json`), or make one now with `--pretrain-steps N`;
 4. fine-tune AV-DiT's adapters on the frozen backbone (`--no-joint`: without the joint block);
 5. generate clips with sound;
-6. score them: the synthetic data's sync F1 and AV-Align of real clips, of real clips with their audio shuffled
-   across clips (the chance level) and of the generated clips; plus `avdit eval`'s metrics where possible.
+6. score them: the synthetic data's sync F1 and AV-Align, and the frame and audio statistics that say whether
+   the clips look and sound like the data (balls per frame, noise frames, smooth moves, onsets per clip), of
+   real clips, of real clips with their audio shuffled across clips (the chance level) and of the generated
+   clips; plus `avdit eval`'s metrics where possible.
+
+With ``pretrained`` (``avdit demo --pretrained``), steps 2-4 are replaced by the AV-DiT models the package
+ships (``assets/demo-avdit``, ``assets/demo-avdit-no-joint`` for ``--no-joint``), made by avdit's own commands
+(their ``provenance.json`` says how): no training, just generation and the scores.
 
 Every step calls the same pipeline function as its CLI command.
 """
@@ -27,7 +33,8 @@ import numpy as np
 from avdit_cli.config import Config, load_preset
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
-from avdit_cli.data.sync import SyncScore, derangement, mean_f1, sync_score
+from avdit_cli.data.frame_stats import frame_stats
+from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score
 from avdit_cli.data.synthetic import make_dataset
 from avdit_cli.errors import DataError
 from avdit_cli.metrics import av_align_score
@@ -51,6 +58,8 @@ class DemoOptions:
     joint: bool = True
     seed: int = 0
     overrides: tuple[str, ...] = ()
+    data_only: bool = False  # make the synthetic dataset (step 1) and stop: data for `avdit preprocess`
+    pretrained: bool = False  # generate from the shipped AV-DiT models instead of training (steps 2-4)
 
 
 @dataclass
@@ -60,6 +69,12 @@ class GroupScore:
     sync_f1: float
     sync_skipped: int  # clips with no event on either side (no sync judgement possible)
     av_align: float
+    # Do the frames look like the data? (data.frame_stats) And the audio? (onsets, as the sync score finds them)
+    balls_per_frame: float = math.nan
+    one_or_two_balls: float = math.nan  # share of frames
+    noise_frames: float = math.nan  # share of frames
+    smooth_moves: float = math.nan  # share of balls with a same-coloured ball near them in the next frame
+    onsets_per_clip: float = math.nan
 
 
 @dataclass
@@ -112,11 +127,26 @@ def score_group(name: str, frames: list[np.ndarray], audio: list[np.ndarray], cf
     syncs: list[SyncScore] = [sync_score(f, a, fps, sr) for f, a in pairs]
     f1, skipped = mean_f1(syncs)
     align = av_align_score(pairs, fps, sr)
-    return GroupScore(name, len(frames), f1, skipped, align.score)
+    stats = frame_stats(frames)
+    onsets = float(np.mean([len(audio_onsets(a, sr)) for a in audio]))
+    return GroupScore(name, len(frames), f1, skipped, align.score, stats.balls_per_frame, stats.one_or_two_balls,
+                      stats.noise_frames, stats.smooth_moves, onsets)
 
 
 DEMO_PARTS = ("data", "cache", "runs", "samples", "demo.json")
-SHIPPED_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "tiny-dit"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_BACKBONE = ASSETS / "tiny-dit"
+SHIPPED_RUNS = {True: ASSETS / "demo-avdit", False: ASSETS / "demo-avdit-no-joint"}  # by joint block on/off
+
+
+def shipped_run(joint: bool = True) -> Path:
+    """The packaged AV-DiT demo model (an exported checkpoint over the shipped backbone), with or without the
+    joint block. Raises DataError when the package lacks it."""
+    path = SHIPPED_RUNS[joint]
+    if not (path / "state.json").is_file():
+        raise DataError(f"this installation has no shipped demo model at {path}; reinstall avdit, or run "
+                        "`avdit demo` without --pretrained to train one")
+    return path
 FALLBACK_PRETRAIN_STEPS = 400
 
 
@@ -165,38 +195,32 @@ def demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
         times[name] = round(time.perf_counter() - t, 2)
         return result
 
+    n_steps = 4 if opts.pretrained else 6
     data_dir = out / "data"
-    say(f"1/6 making {opts.clips} synthetic clips of {opts.seconds:g} s in {data_dir}")
+    say(f"1/{n_steps} making {opts.clips} synthetic clips of {opts.seconds:g} s in {data_dir}")
     files = timed("dataset", lambda: make_dataset(data_dir, opts.clips, seconds=opts.seconds, seed=opts.seed))
+    if opts.data_only:
+        say(f"    {len(files)} files written; stopping there (--data-only)")
+        result = DemoResult(out, [], out / "samples", None, times)
+        (out / "demo.json").write_text(json.dumps({"options": _plain(opts), **result.to_dict()}, indent=2) + "\n")
+        return result
 
-    cache_dir = out / "cache"
-    say("2/6 preprocess (decode at 10 fps / 16 kHz, encode with the tiny preset's pixel codecs)")
-    summary = timed("preprocess", lambda: preprocess(cfg, data_dir, cache_dir, workers=0, batch_size=16))
-    say(f"    {summary.clips} clips cached")
-
-    runs = out / "runs"
-    backbone = shipped_backbone(cfg) if opts.pretrain_steps == 0 else None
-    if backbone is not None:
-        say(f"3/6 the tiny image backbone shipped with avdit ({backbone})")
+    final_loss = math.nan
+    if opts.pretrained:
+        run = shipped_run(opts.joint)
+        say(f"2/{n_steps} the AV-DiT demo model shipped with avdit ({run}; joint block "
+            f"{'on' if opts.joint else 'off'}), no training")
     else:
-        steps = opts.pretrain_steps or FALLBACK_PRETRAIN_STEPS  # no shipped one fits this config
-        say(f"3/6 pretrain the tiny image backbone ({steps} steps, frames only)")
-        pre_cfg = cfg.replace(**{"train.mode": "pretrain", "train.steps": steps,
-                                 "train.checkpoint_every": steps})
-        pre = timed("pretrain", lambda: finetune(pre_cfg, cache_dir=cache_dir, run_dir=runs / "pretrain"))
-        backbone = pre.run_dir / "backbone"
-
-    say(f"4/6 fine-tune the adapters ({opts.steps} steps, joint block {'on' if opts.joint else 'off'})")
-    ft_cfg = cfg.replace(**{"model.backbone_path": str(backbone.resolve())})
-    ft = timed("finetune", lambda: finetune(ft_cfg, cache_dir=cache_dir, run_dir=runs / "finetune"))
-    final_loss = ft.history[-1].loss if ft.history else math.nan
+        run, final_loss = _train(opts, cfg, data_dir, out, say, timed)
 
     samples = out / "samples"
-    say(f"5/6 generate {opts.generate} clips ({cfg.sample.sampler.value}, {opts.sample_steps} steps)")
+    gen_step = 3 if opts.pretrained else 5
+    say(f"{gen_step}/{n_steps} generate {opts.generate} clips")
     gen = timed("generate", lambda: generate(GenerateOptions(out_dir=samples, num=opts.generate,
-                                                             checkpoint=ft.run_dir, overwrite=True)))
+                                                             checkpoint=run, overwrite=True, seed=opts.seed),
+                                             progress=_progress(say)))
 
-    say("6/6 score: sync F1 and AV-Align of real, shuffled real and generated clips")
+    say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")
     real = timed("read_real", lambda: read_clips(files, cfg))
     generated = timed("read_generated", lambda: read_clips(gen.files, cfg))
     if len(real) < 2 or not generated:
@@ -213,6 +237,64 @@ def demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     result = DemoResult(out, scores, samples, gen.contact_sheet, times, final_loss, report.get("metrics", {}))
     (out / "demo.json").write_text(json.dumps({"options": _plain(opts), **result.to_dict()}, indent=2) + "\n")
     return result
+
+
+def _train(opts: DemoOptions, cfg: Config, data_dir: Path, out: Path, say: Log,
+           timed: Callable[[str, Callable[[], Any]], Any]) -> tuple[Path, float]:
+    """Steps 2-4 of the training demo: preprocess, the backbone (shipped or pretrained now), fine-tuning.
+    Returns the fine-tuned run folder and its last logged loss."""
+    cache_dir = out / "cache"
+    say("2/6 preprocess (decode at 10 fps / 16 kHz, encode with the tiny preset's pixel codecs)")
+    summary = timed("preprocess", lambda: preprocess(cfg, data_dir, cache_dir, workers=0, batch_size=16))
+    say(f"    {summary.clips} clips cached")
+
+    runs = out / "runs"
+    backbone = shipped_backbone(cfg) if opts.pretrain_steps == 0 else None
+    if backbone is not None:
+        say(f"3/6 the tiny image backbone shipped with avdit ({backbone})")
+    else:
+        steps = opts.pretrain_steps or FALLBACK_PRETRAIN_STEPS  # no shipped one fits this config
+        say(f"3/6 pretrain the tiny image backbone ({steps} steps, frames only)")
+        pre_cfg = cfg.replace(**{"train.mode": "pretrain", "train.steps": steps,
+                                 "train.checkpoint_every": steps})
+        pre = timed("pretrain", lambda: finetune(pre_cfg, cache_dir=cache_dir, run_dir=runs / "pretrain",
+                                                 on_step=_step_progress(say, "pretrain")))
+        backbone = pre.run_dir / "backbone"
+
+    say(f"4/6 fine-tune the adapters ({opts.steps} steps, joint block {'on' if opts.joint else 'off'})")
+    ft_cfg = cfg.replace(**{"model.backbone_path": str(backbone.resolve())})
+    ft = timed("finetune", lambda: finetune(ft_cfg, cache_dir=cache_dir, run_dir=runs / "finetune",
+                                            on_step=_step_progress(say, "fine-tune")))
+    return ft.run_dir, (ft.history[-1].loss if ft.history else math.nan)
+
+
+PROGRESS_EVERY_S = 20.0  # a long step says how far it is at least this often (a piped log is never silent)
+
+
+def _step_progress(say: Log, what: str) -> Callable[[Any], None]:
+    """A finetune ``on_step`` callback that reports at most every PROGRESS_EVERY_S seconds."""
+    last = [time.perf_counter()]
+
+    def on_step(info: Any) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= PROGRESS_EVERY_S or info.step == info.total:
+            last[0] = now
+            say(f"    {what}: step {info.step}/{info.total}, loss {info.loss:.4f}, {info.clips_per_s:.1f} clips/s")
+
+    return on_step
+
+
+def _progress(say: Log) -> Callable[[float, int, float], None]:
+    """A generate progress callback that reports at most every PROGRESS_EVERY_S seconds."""
+    last = [time.perf_counter()]
+
+    def on_progress(done: float, total: int, rate: float) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            say(f"    generate: {done:.1f}/{total} clips")
+
+    return on_progress
 
 
 def _plain(opts: DemoOptions) -> dict[str, Any]:

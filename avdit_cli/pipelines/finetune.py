@@ -540,7 +540,9 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
     if pretrain:
         f = video.shape[1]
         images = rearrange(video, "b f c h w -> (b f) c h w")
-        t = draw_t().repeat_interleave(f)  # one t per clip, shared by its frames
+        # One t per frame: the frames of a clip are near-duplicates, and a t shared by them would leave only
+        # b noise levels in a batch of b x f images (a much noisier gradient over t).
+        t = torch.stack([torch.randint(0, T, (f,), generator=g) for g in gens]).flatten().to(dev)  # (b f)
         noise = rearrange(draw_noise(video), "b f c h w -> (b f) c h w")
         with autocast(cfg, dev):
             terms = training_losses(

@@ -44,7 +44,7 @@ from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models import AVDiT, DiT
 from avdit_cli.pipelines.distributed import dist_context, resolve_device
 from avdit_cli.pipelines.preprocess import encode_clips
-from avdit_cli.pipelines.runs import Checkpoint, TENSORS, load_checkpoint
+from avdit_cli.pipelines.runs import Checkpoint, TENSORS, backbone_reference, load_checkpoint
 
 CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) and (b, c, T, M)
 SHEET_CLIPS = 16  # clips shown on the contact sheet
@@ -106,9 +106,8 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
     if ckpt.state.get("mode") == TrainMode.PRETRAIN.value:
         raise ConfigError(f"{ckpt.path} is a pretrain run: it made an image backbone, not an AV-DiT; "
                           "fine-tune on it with `avdit finetune --set model.backbone_path=RUN/backbone`")
-    ref = ckpt.state.get("backbone", {})
-    want = ref.get("sha256")
-    path = Path(ref["path"]) if ref.get("path") else None
+    want = ckpt.state.get("backbone", {}).get("sha256")
+    path = backbone_reference(ckpt)
     if path is None or not path.exists():
         if not (cfg.model.backbone_path or cfg.model.backbone_repo):
             raise WeightsError(f"the backbone this run was trained on is gone ({path}); put it back there "
@@ -120,6 +119,8 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
     if want and report.sha256() != want:
         raise WeightsError(f"the backbone at {path} is not the one this run was trained on (sha256 "
                            f"{report.sha256()[:12]} vs {want[:12]}); point model.backbone_path at the right one")
+    if not ema and not ckpt.model:
+        raise WeightsError(f"{ckpt.path} holds the EMA weights only (an exported checkpoint); drop --no-ema")
     model = AVDiT.from_config(cfg, backbone=backbone).to(device)
     model.load_adapter_state_dict(ckpt.ema if ema else ckpt.model)
     return model.eval()
@@ -275,6 +276,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         clear_out_dir(opts.out_dir)
     ctx.barrier()
     known_mode = "timestep" if cfg.diffusion.independent_timesteps else "replace"
+    clip = {"video": codecs.video.latent_range, "audio": codecs.audio.latent_range} if s.clip_denoised else False
     use_bf16 = dev.type == "cuda" and cfg.train.precision is Precision.BF16
 
     def model_fn_y(x: dict[str, torch.Tensor], t: dict[str, torch.Tensor], y: torch.Tensor | None
@@ -312,7 +314,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
 
         latents = sample(model_fn, {k: (b, *v) for k, v in shapes.items()}, CHANNEL_DIMS, diffusion,
                          sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens, device=dev,
-                         known=known or None, known_mode=known_mode, progress=on_step)
+                         known=known or None, known_mode=known_mode, progress=on_step, clip_denoised=clip)
         t1 = time.perf_counter()
         frames, waves = decode(latents, codecs, cfg.data.clip_samples)
         if given is not None and given_modality == "audio":
@@ -354,7 +356,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "checkpoint_sha256": sha256_file(ckpt.path / TENSORS),
             "step": ckpt.step,
             "weights": "ema" if opts.ema else "raw",
-            "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta,
+            "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta, "clip_denoised": s.clip_denoised,
             "cfg_scale": s.cfg_scale if opts.class_id is not None else None, "class": opts.class_id,
         }
         meta = {

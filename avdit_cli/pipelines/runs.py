@@ -203,6 +203,50 @@ def load_checkpoint(path: Path | None = None, map_location: str | torch.device =
     return Checkpoint(ckpt, state, parts["model"], parts["ema"], parts["optim"])
 
 
+def export_checkpoint(src: Path | None, out: Path, backbone: Path | None = None, extra: dict[str, Any] | None = None
+                      ) -> Path:
+    """A small, portable copy of a checkpoint in ``out``: only the EMA adapter tensors (``ema.*``; no raw
+    weights, no optimiser state) and ``state.json``, which still names the backbone by sha256.
+
+    ``backbone``: a backbone folder to reference instead of the recorded path, written as a path relative to
+    ``out`` (so a folder that travels with its backbone, such as the package's demo models, keeps working);
+    its sha256 is checked against the recorded one. ``extra`` is added to the state (e.g. provenance).
+    ``out`` must be absent or empty. Raises TrainingError / WeightsError.
+    """
+    from avdit_cli.errors import WeightsError
+    from avdit_cli.models import DiT
+
+    ckpt = load_checkpoint(src)
+    if not ckpt.ema:
+        raise TrainingError(f"{ckpt.path} holds no EMA weights to export")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TrainingError(f"{out} already exists and is not empty; choose another folder")
+    state = dict(ckpt.state)
+    state.pop("optimizer", None)
+    ref = dict(state.get("backbone") or {})
+    if backbone is not None:
+        _, report = DiT.from_pretrained(backbone)
+        if ref.get("sha256") and report.sha256() != ref["sha256"]:
+            raise WeightsError(f"{backbone} is not the backbone {ckpt.path} was trained on (sha256 "
+                               f"{report.sha256()[:12]} vs {ref['sha256'][:12]})")
+        ref["path"] = os.path.relpath(Path(backbone).resolve(), out.resolve())
+    state["backbone"] = ref
+    state["exported_from"] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.step}
+    state.update(extra or {})
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(out / TENSORS, {f"ema.{k}": v for k, v in ckpt.ema.items()})
+    atomic_write_json(out / STATE, state)
+    return out
+
+
+def backbone_reference(ckpt: Checkpoint) -> Path | None:
+    """The backbone path a checkpoint records (a relative one is relative to the checkpoint folder)."""
+    path = (ckpt.state.get("backbone") or {}).get("path")
+    if not path:
+        return None
+    return Path(path) if Path(path).is_absolute() else (ckpt.path / path).resolve()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""Diagnose the demo's models part by part: which branch falls short, and the method or the budget?
+
+For each fine-tuned run (a run or checkpoint folder made by `avdit finetune`, or `shipped` / `shipped-no-joint`
+for the models in the package), on N real clips of a synthetic bouncing-ball folder (`avdit demo --data-only`):
+
+- **joint**: both tracks generated from noise (what `avdit generate` does);
+- **video branch**: frames generated for the real audio of each clip (the audio is the sampler's known
+  modality, noised to every step's t; the generated video keeps the real audio in the written clip);
+- **audio branch**: audio generated for the real frames of each clip, likewise;
+- each scored like the demo's table: sync F1, AV-Align, balls per frame, frames with one or two balls, noise
+  frames, smooth moves and audio onsets per clip (``avdit_cli.pipelines.demo.score_group``).
+
+`--backbone PATH` adds the frozen image backbone alone: N x 16 single images, scored as frames. `--loss` prints
+each run's logged loss per modality at a few steps (metrics.jsonl). Rows print as a table and, with `--json`,
+as JSON.
+
+    python benchmarks/demo_diagnosis.py --real DATA_DIR --run runs/x [--run runs/y] [-n 32] [--backbone DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from avdit_cli.codecs import Codecs, build_codecs
+from avdit_cli.config import Config
+from avdit_cli.data.clips import Clip
+from avdit_cli.diffusion import Diffusion, sample
+from avdit_cli.models import DiT
+from avdit_cli.pipelines.demo import GroupScore, read_clips, score_group, shipped_run
+from avdit_cli.pipelines.generate import CHANNEL_DIMS, VOCODER_SEED, decode, load_run_model, open_checkpoint
+from avdit_cli.pipelines.preprocess import encode_clips
+
+COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves",
+           "onsets_per_clip")
+
+
+def clip_bounds(cfg: Config, codecs: Codecs) -> dict[str, tuple[float, float] | None] | bool:
+    if not cfg.sample.clip_denoised:
+        return False
+    return {"video": codecs.video.latent_range, "audio": codecs.audio.latent_range}
+
+
+@torch.no_grad()
+def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int, known: dict[str, torch.Tensor],
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """n clips (seeds 0..n-1, as `avdit generate`), given `known` latents (b = n) or none: frames, waves."""
+    diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
+    f, c, h, w = cfg.data.video_latent_shape
+    shapes = {"video": (f, c, h, w), "audio": cfg.data.audio_latent_shape}
+    frames, waves = [], []
+    for lo in range(0, n, batch_size):
+        idx = list(range(lo, min(n, lo + batch_size)))
+        gens = [torch.Generator().manual_seed(cfg.sample.seed + i) for i in idx]
+        kn = {k: v[idx] for k, v in known.items()}
+        z = sample(lambda x, t: model(x["video"], x["audio"], t["video"], t["audio"]),
+                   {k: (len(idx), *v) for k, v in shapes.items()}, CHANNEL_DIMS, diffusion,
+                   sampler=cfg.sample.sampler, steps=cfg.sample.steps, eta=cfg.sample.eta, generator=gens,
+                   known=kn or None, known_mode="timestep" if cfg.diffusion.independent_timesteps else "replace",
+                   clip_denoised=clip_bounds(cfg, codecs))
+        fr, wv = decode(z, codecs, cfg.data.clip_samples)
+        frames.extend(fr)
+        waves.extend(wv)
+    return np.stack(frames), np.stack(waves)
+
+
+def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int) -> list[dict[str, Any]]:
+    ckpt = open_checkpoint(shipped_run(run == "shipped-no-joint") if run in ("shipped", "shipped-no-joint")
+                           else Path(run))
+    cfg = ckpt.config
+    model = load_run_model(ckpt, cfg, torch.device("cpu"))
+    codecs = build_codecs(cfg.replace(**{"sample.seed": VOCODER_SEED}), "cpu")
+    n = len(real)
+    video_z, audio_z = encode_clips(real, codecs, batch_size=batch_size)
+    real_frames = [c.frames for c in real]
+    real_audio = [c.audio for c in real]
+    rows = []
+    for part, known in (("joint", {}), ("video branch (given real audio)", {"audio": audio_z}),
+                        ("audio branch (given real frames)", {"video": video_z})):
+        t0 = time.perf_counter()
+        frames, waves = generate_tracks(model, cfg, codecs, n, known, batch_size)
+        fr = real_frames if "video" in known else list(frames)
+        au = real_audio if "audio" in known else list(waves)
+        score = score_group(f"{name}: {part}", fr, au, cfg)
+        rows.append({**asdict(score), "seconds": round(time.perf_counter() - t0, 1)})
+        print(_row(rows[-1]), flush=True)
+    return rows
+
+
+@torch.no_grad()
+def diagnose_backbone(path: Path, cfg: Config, n: int) -> dict[str, Any]:
+    """n x f single images from the frozen image backbone alone, with the run's sampler; scored as frames."""
+    dit, _ = DiT.from_pretrained(path)
+    dit.eval()
+    codecs = build_codecs(cfg, "cpu")
+    diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
+    f, c, h, w = cfg.data.video_latent_shape
+    images = []
+    for lo in range(0, n * f, 64):
+        idx = range(lo, min(n * f, lo + 64))
+        gens = [torch.Generator().manual_seed(cfg.sample.seed + i) for i in idx]
+        z = sample(lambda x, t: {"image": dit(x["image"], t["image"], None)}, {"image": (len(idx), c, h, w)},
+                   {"image": 1}, diffusion, sampler=cfg.sample.sampler, steps=cfg.sample.steps, generator=gens,
+                   clip_denoised={"image": codecs.video.latent_range} if cfg.sample.clip_denoised else False)
+        px = codecs.video.decode(z["image"])
+        images.append(((px.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    frames = rearrange(torch.cat(images), "(n f) c h w -> n f h w c", f=f).numpy()
+    silent = [np.zeros(cfg.data.clip_samples, np.float32)] * n
+    score = score_group("backbone alone (single images)", list(frames), silent, cfg)
+    # frame statistics only: single images have no motion or sound (smooth moves between independent images
+    # is what random placement gives)
+    row = {**asdict(score), "sync_f1": math.nan, "av_align": math.nan, "onsets_per_clip": math.nan}
+    print(_row(row), flush=True)
+    return row
+
+
+def loss_rows(run: Path) -> list[dict[str, Any]]:
+    """The logged losses per modality at about 6 points of the run."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    picks = sorted({round(i) for i in np.linspace(0, len(rows) - 1, 6)})
+    return [{k: rows[i].get(k) for k in ("step", "loss", "video_mse", "audio_mse", "video_vb", "audio_vb")}
+            for i in picks]
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _row(r: dict[str, Any]) -> str:
+    return f"| {r['name']} | {r['clips']} | " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--real", type=Path, required=True, help="a folder of synthetic clips (avdit demo --data-only)")
+    ap.add_argument("--run", action="append", default=[], help="run folder, or shipped / shipped-no-joint")
+    ap.add_argument("--name", action="append", default=[], help="a name per --run for the table")
+    ap.add_argument("-n", type=int, default=32, help="clips per row")
+    ap.add_argument("--backbone", type=Path, help="also sample this image backbone alone")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from avdit_cli.config import load_preset
+
+    cfg = load_preset("tiny")
+    files = sorted(args.real.glob("*.mp4"))[: args.n]
+    real = read_clips(files, cfg)
+    print("| group | n | " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * (len(COLUMNS) + 2))
+    real_row = asdict(score_group("real clips", [c.frames for c in real], [c.audio for c in real], cfg))
+    print(_row(real_row), flush=True)
+    rows: list[dict[str, Any]] = [real_row]
+    losses = {}
+    if args.backbone:
+        rows.append(diagnose_backbone(args.backbone, cfg, args.n))
+    for i, run in enumerate(args.run):
+        name = args.name[i] if i < len(args.name) else Path(run).name
+        rows.extend(diagnose_run(name, run, real, args.batch_size))
+        if Path(run).is_dir() and (Path(run) / "metrics.jsonl").exists():
+            losses[name] = loss_rows(Path(run))
+    for name, lr in losses.items():
+        print(f"\nloss per modality, {name}:")
+        for r in lr:
+            print("  " + ", ".join(f"{k} {_fmt(v) if k != 'step' else v}" for k, v in r.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "losses": losses, "n": args.n,
+                                         "torch": torch.__version__}, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

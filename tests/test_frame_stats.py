@@ -1,0 +1,72 @@
+"""The demo's frame statistics: real bouncing-ball clips read as one or two balls, no noise, smooth motion; noise
+and balls that jump about read as such."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avdit_cli.config import load_preset
+from avdit_cli.data import synthetic
+from avdit_cli.data.clips import load_clips
+from avdit_cli.data.frame_stats import frame_balls, frame_stats
+
+
+@pytest.fixture(scope="module")
+def real_clips(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+    """Clips through the real media path (mp4 -> 32x32 at 10 fps, the tiny preset), as the demo scores them."""
+    files = synthetic.make_dataset(tmp_path_factory.mktemp("frames"), 6, seconds=3.2, seed=11)
+    data = load_preset("tiny").data
+    return [c.frames for path in files for c in load_clips(path, data)]
+
+
+def test_real_clips_hold_one_or_two_balls_without_noise(real_clips: list[np.ndarray]) -> None:
+    stats = frame_stats(real_clips)
+    assert stats.frames == 16 * len(real_clips)
+    assert 1.0 <= stats.balls_per_frame <= 2.0
+    assert stats.one_or_two_balls >= 0.95
+    assert stats.noise_frames == 0.0
+    assert stats.smooth_moves >= 0.9
+
+
+def test_the_count_matches_the_rendered_balls() -> None:
+    rng = np.random.default_rng(5)
+    for n in (1, 2):
+        counts = np.asarray([len(frame_balls(f)[0]) for _ in range(4)
+                             for f in synthetic.render_clip(rng, seconds=1.6, size=32, fps=10, num_balls=n).frames])
+        assert counts.max() == n
+        # two balls that overlap read as one blob
+        assert np.mean(counts == n) >= (1.0 if n == 1 else 0.7), counts
+
+
+@pytest.mark.parametrize("kind", ["uniform", "gaussian"])
+def test_pure_noise_is_noise(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    if kind == "uniform":
+        clips = [rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    else:
+        clips = [np.clip(rng.normal(127.5, 127.5, (16, 32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(3)]
+    stats = frame_stats(clips)
+    assert stats.noise_frames == 1.0
+    assert stats.one_or_two_balls == 0.0
+
+
+def test_a_blank_background_has_no_ball_and_is_no_noise() -> None:
+    frame = np.broadcast_to(np.asarray(synthetic.BACKGROUND, np.uint8), (32, 32, 3)).copy()
+    balls, noise = frame_balls(frame)
+    assert balls == [] and not noise
+
+
+def test_balls_redrawn_at_random_each_frame_are_not_smooth(real_clips: list[np.ndarray]) -> None:
+    # the same frames in a random order: every frame still looks right, the motion does not
+    rng = np.random.default_rng(1)
+    frames = np.concatenate(real_clips)
+    shuffled = [frames[rng.permutation(len(frames))[:16]] for _ in range(len(real_clips))]
+    smooth, shuffled_stats = frame_stats(real_clips).smooth_moves, frame_stats(shuffled)
+    assert shuffled_stats.noise_frames == 0.0
+    assert shuffled_stats.smooth_moves < smooth - 0.4
+
+
+def test_frame_stats_needs_a_clip() -> None:
+    with pytest.raises(ValueError):
+        frame_stats([])
