@@ -190,7 +190,7 @@ def sdpa_backend_check(shapes: dict[str, tuple[int, int, int, int]], dtype: torc
                 try:
                     with sdpa_kernel([backend]):
                         row[label] = round(stats(time_ms(lambda: sdpa(q, k, v), device, 1, iters))["median_ms"], 4)
-                except RuntimeError as err:  # the backend refuses this shape/dtype/device: say why, in one line
+                except (RuntimeError, ValueError) as err:  # the backend refuses this shape/dtype/device: say why
                     row[label] = "unavailable: " + (str(err).strip().splitlines() or ["?"])[0][:160]
         out[name] = row
     return out
