@@ -13,14 +13,14 @@ the speed does not depend on them — 16 frames of 32x32x4 latents + 8x40x16 aud
 on the GPU instead of a cache: the step the loop runs (per-sample noise/timesteps, forward, hybrid loss,
 backward, clipping, AdamW, EMA) under bf16 autocast, batch 4 and 8, gradient checkpointing off/on.
 Reports clips/s and peak allocated GiB (torch.cuda.max_memory_allocated); a row that runs out of memory
-says so.
+says so. The step itself is ``benchlib.train_step_row``, which ``gpu_suite.py`` (every GPU figure in one run)
+uses too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -97,69 +97,18 @@ def run_cpu(steps: int, warmup: int) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------------
 # GPU: the aist setting with a random backbone, bf16
 # ----------------------------------------------------------------------------------------------------------
-def gpu_row(batch: int, ckpt: bool, steps: int, warmup: int, compile_: bool) -> dict[str, Any]:
-    from avdit_cli.config import load_preset
-    from avdit_cli.diffusion import Diffusion
-    from avdit_cli.models import AVDiT, DiT
-    from avdit_cli.pipelines.finetune import _batch_share, _loss_weights, _step_terms
-    from avdit_cli.pipelines.optim import EMA
-
-    dev = torch.device("cuda")
-    cfg = load_preset("aist", [f"train.batch_size={batch}", "train.precision=bf16",
-                               f"model.grad_checkpointing={str(ckpt).lower()}"])
-    row: dict[str, Any] = {"name": f"aist-b{batch}-{'ckpt' if ckpt else 'plain'}", "batch": batch, "ckpt": ckpt,
-                           "precision": "bf16", "compile": compile_}
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(dev)
-    model = optimizer = ema = None
-    try:
-        f, c, h, w = cfg.data.video_latent_shape
-        backbone = DiT.from_config(cfg.model, input_size=h, in_channels=c, generator=torch.Generator().manual_seed(0))
-        model = AVDiT.from_config(cfg, backbone=backbone).to(dev).train()
-        trainable = dict(model.adapter_named_parameters())
-        optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.train.lr)
-        ema = EMA(trainable, cfg.train.ema_decay)
-        net = torch.compile(model) if compile_ else model
-        diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
-        g = torch.Generator().manual_seed(0)
-        batch_t = {"video": torch.randn(batch, *cfg.data.video_latent_shape, generator=g),
-                   "audio": torch.randn(batch, *cfg.data.audio_latent_shape, generator=g),
-                   "label": torch.full((batch,), -1), "audio_ok": torch.ones(batch, dtype=torch.bool)}
-        slot = torch.arange(batch)
-        counts = {"video": batch, "audio": batch}
-
-        def one(step: int) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            terms, masks = _step_terms(net, diffusion, cfg, batch_t, slot, step, dev, False)
-            _batch_share(terms, masks, counts, _loss_weights(cfg, False))["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.train.grad_clip)
-            optimizer.step()
-            ema.update()
-
-        for s in range(warmup):
-            one(s)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for s in range(warmup, warmup + steps):
-            one(s)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        row.update(clips_per_s=steps * batch / seconds, steps_per_s=steps / seconds,
-                   peak_gib=torch.cuda.max_memory_allocated(dev) / 2**30,
-                   trainable=sum(p.numel() for p in trainable.values()))
-    except torch.cuda.OutOfMemoryError:
-        row.update(clips_per_s=math.nan, steps_per_s=math.nan, peak_gib=math.nan, note="out of memory")
-    finally:
-        del model, optimizer, ema
-        torch.cuda.empty_cache()
-    return row
-
-
 def run_gpu(steps: int, warmup: int, compile_: bool) -> list[dict[str, Any]]:
+    """The aist rows (gpu_suite.py's `train_step` section runs the same rows with profiles)."""
+    import benchlib as bl  # beside this script
+
+    from avdit_cli.config import load_preset
+
     if not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device here")
     torch.backends.cuda.matmul.allow_tf32 = True
-    return [gpu_row(b, ckpt, steps, warmup, compile_) for b in (4, 8) for ckpt in (False, True)]
+    cfg = load_preset("aist", ["train.precision=bf16"])
+    dev = torch.device("cuda")
+    return [bl.train_step_row(cfg, dev, b, ckpt, steps, warmup, compile_) for b in (4, 8) for ckpt in (False, True)]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ are not timed in this mode (they need the downloaded VAEs); a sampler adds a few
 
     python benchmarks/generate_bench.py --gpu [--preset aist] [--batch-size 8] [--calls 20] [--json out.json]
 
+``gpu_suite.py`` measures the same denoiser (and the whole ``avdit generate`` with random SD-VAE, AudioLDM VAE
+and HiFi-GAN written in their real layouts) in one run with every other GPU figure.
+
 Numbers from a shared machine move with its load: the table says how many threads ran, and each cell is the
 best of ``--repeats`` runs.
 """
@@ -30,33 +33,13 @@ from typing import Any
 
 import torch
 
-from avdit_cli.config import Config, Sampler, load_preset
+import benchlib as bl  # beside this script: shared with the other benchmarks and gpu_suite.py
+from avdit_cli.config import Sampler, load_preset
 
 
 # ----------------------------------------------------------------------------------------------------------
 # CPU: the whole pipeline on the tiny preset
 # ----------------------------------------------------------------------------------------------------------
-def make_random_run(root: Path, cfg: Config, seed: int = 0) -> Path:
-    """A run folder with a random tiny backbone and random adapters, as finetune would write it."""
-    from avdit_cli.models import AVDiT, DiT
-    from avdit_cli.pipelines.runs import save_checkpoint
-
-    g = torch.Generator().manual_seed(seed)
-    _, c, h, _ = cfg.data.video_latent_shape
-    dit = DiT.from_config(cfg.model, input_size=h, in_channels=c, generator=g)
-    folder = dit.save_pretrained(root / "backbone")
-    backbone, report = DiT.from_pretrained(folder)
-    model = AVDiT.from_config(cfg, backbone=backbone, generator=g)
-    with torch.no_grad():
-        for _, p in model.adapter_named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    sd = model.adapter_state_dict()
-    state = {"config": cfg.to_dict(), "mode": "finetune", "backbone": {"path": str(folder), "sha256": report.sha256()},
-             "optimizer": {"param_groups": []}}
-    save_checkpoint(root / "run", 1, sd, {k: v.clone() for k, v in sd.items()}, {}, state, keep=1)
-    return root / "run"
-
-
 def bench_cpu(samplers: list[str], steps_list: list[int], num: int, batch_size: int, repeats: int) -> dict[str, Any]:
     from avdit_cli.pipelines.generate import GenerateOptions, generate
 
@@ -64,7 +47,7 @@ def bench_cpu(samplers: list[str], steps_list: list[int], num: int, batch_size: 
     rows = []
     with tempfile.TemporaryDirectory(prefix="avdit-genbench-") as tmp:
         root = Path(tmp)
-        run = make_random_run(root, cfg)
+        run = bl.make_random_run(root, cfg)  # a tiny DiT in the diffusers layout + random adapters
 
         def once(sampler: str, steps: int, n: int) -> Any:
             return generate(GenerateOptions(out_dir=root / "out", num=n, checkpoint=run, sampler=Sampler(sampler),
@@ -105,45 +88,26 @@ def cpu_table(result: dict[str, Any]) -> str:
 # GPU: the denoiser of a paper-size preset
 # ----------------------------------------------------------------------------------------------------------
 def bench_gpu(preset: str, batch_size: int, calls: int, warmup: int) -> dict[str, Any]:
-    from avdit_cli.models import AVDiT
-
+    """The paper-size denoiser alone (gpu_suite.py's `denoiser` section measures the same and more)."""
     if not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device is visible")
     dev = torch.device("cuda")
     cfg = load_preset(preset)
-    torch.manual_seed(0)
-    with dev:  # build on the GPU directly: DiT-XL's random init on a CPU takes a while
-        model = AVDiT.from_config(cfg).to(dev).eval()  # .to: buffers made on the CPU on purpose
-    b = batch_size
-    video = torch.randn(b, *cfg.data.video_latent_shape, device=dev)
-    audio = torch.randn(b, *cfg.data.audio_latent_shape, device=dev)
-    t = torch.randint(0, cfg.diffusion.num_timesteps, (b,), device=dev)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16)
+    model = bl.build_avdit(cfg, dev, nontrivial=False).eval()
+    x = bl.av_inputs(cfg, batch_size, dev)
 
     def call() -> None:
-        with torch.no_grad(), amp:
-            model(video, audio, t, t, None)
+        with torch.no_grad(), bl.amp(dev):
+            model(x["video"], x["audio"], x["t"], x["t"], None)
 
-    for _ in range(warmup):
-        call()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(calls):
-        start.record()
-        call()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    median = times[len(times) // 2]
+    bl.reset_peak(dev)
+    s = bl.stats(bl.time_ms(call, dev, warmup, calls))
     n_params = sum(p.numel() for p in model.parameters())
-    return {"mode": "gpu", "preset": preset, "device": torch.cuda.get_device_name(dev), "batch_size": b,
+    return {"mode": "gpu", "preset": preset, "device": torch.cuda.get_device_name(dev), "batch_size": batch_size,
             "precision": "bf16 autocast", "weights": "random", "calls": calls,
-            "ms_per_call_median": median, "ms_per_call_min": times[0], "ms_per_call_per_clip": median / b,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30, "params": n_params,
-            "torch": torch.__version__}
+            "ms_per_call_median": s["median_ms"], "ms_per_call_min": s["min_ms"],
+            "ms_per_call_per_clip": s["median_ms"] / batch_size, "peak_memory_gib": bl.peak_gib(dev),
+            "params": n_params, "torch": torch.__version__}
 
 
 def gpu_table(r: dict[str, Any]) -> str:

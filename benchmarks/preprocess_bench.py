@@ -19,30 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib as bl  # beside this script
 from avdit_cli.config import load_preset
 from avdit_cli.data.synthetic import make_dataset
-from avdit_cli.pipelines.preprocess import decode_executor, decode_file, preprocess
+from avdit_cli.pipelines.preprocess import preprocess
 
 CLIPS_PER_FILE = 2
 SECONDS_PER_FILE = 3.3  # two 1.6 s clips
 
 
 def bench_decode(files: list[Path], workers: int, kind: str) -> tuple[int, float, float]:
-    """(clips, seconds, start seconds) for decoding and cutting every file with `workers` decoders of `kind`
-    (0: inline). `seconds` excludes starting the pool, which is timed on its own (one trivial task per worker)."""
-    cfg = load_preset("tiny")
-    t0 = time.perf_counter()
-    executor = decode_executor(workers, kind)
-    try:
-        for f in [executor.submit(time.sleep, 0.2) for _ in range(workers)]:
-            f.result()
-        t1 = time.perf_counter()
-        futures = [executor.submit(decode_file, str(p), cfg.data, cfg.data.stride_seconds) for p in files]
-        clips = sum(len(f.result()[0]) for f in futures)
-        t2 = time.perf_counter()
-    finally:
-        executor.shutdown(wait=True)
-    return clips, t2 - t1, max(0.0, t1 - t0 - 0.2 * bool(workers))
+    """(clips, seconds, start seconds) of decoding every file with `workers` decoders of `kind` (benchlib)."""
+    return bl.bench_decode(files, workers, kind, load_preset("tiny"))
 
 
 def bench_pipeline(data: Path, cache: Path, workers: int, kind: str, device: str) -> tuple[int, float, float]:
