@@ -811,7 +811,7 @@ def _evaluate_mm_diffusion(gen_dir: Path, cfg: Config, ref: Path | None, *, devi
 def _repeat_warning(s: mmd.ScoredSet, what: str, n: int) -> str | None:
     if not s.repeated:
         return None
-    return (f"the {s.unique} {what} clips were repeated to make {n}, as MM-Diffusion's endless loader does; "
+    return (f"The {s.unique} {what} clips were repeated to make {n}, as MM-Diffusion's endless loader does; "
             f"the number is not comparable to published ones made with {n} distinct clips.")
 
 
