@@ -40,6 +40,7 @@ class WeightsGroup(str, Enum):
     AUDIO_VAE = "audio-vae"
     VOCODER = "vocoder"
     EVAL = "eval"
+    EVAL_PAPER = "eval-paper"  # the mm-diffusion protocol's extractors (the papers' FVD / KVD / FAD)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RemoteFile:
     name: str
     size: int | None = None  # bytes, where known
     sha256: str | None = None  # the full sha256 or a prefix of it (>= 8 hex digits), where known
+    git_sha1: str | None = None  # the git blob id of a file published in a git repository, where known
     # Other names tried in order when ``name`` is not on the Hub (e.g. ``.bin`` after ``.safetensors``).
     alternatives: tuple[str, ...] = ()
 
@@ -146,6 +148,28 @@ WEIGHTS: tuple[WeightsEntry, ...] = (
     ),
 )
 
+# The mm-diffusion protocol's extractors (`avdit eval --protocol mm-diffusion`); see pipelines/eval_protocols.py.
+_TATS_COMMIT = "03bbce1daa3da7e9bff8221e9ec433df9484817f"
+PAPER_WEIGHTS: tuple[WeightsEntry, ...] = (
+    WeightsEntry(
+        key="i3d-400", group=WeightsGroup.EVAL_PAPER, title="I3D Kinetics-400 logits (VideoGPT/TATS) for paper FVD/KVD",
+        repo_id="songweige/TATS", url_base=f"https://github.com/songweige/TATS/raw/{_TATS_COMMIT}/tats/fvd",
+        # Committed to git (not LFS) once, in TATS's first commit: its git blob id pins the content. The same
+        # conversion MM-Diffusion and VideoGPT download from Google Drive (id 1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT).
+        files=(RemoteFile("i3d_pretrained_400.pt", git_sha1="a867b87ac3a9097d200598b1d48a1b890d8ec744"),),
+        revision=_TATS_COMMIT, pinned=True, licence="apache-2.0 (DeepMind's tf-hub I3D; converted by VideoGPT)",
+    ),
+    WeightsEntry(
+        key="audioclip", group=WeightsGroup.EVAL_PAPER, title="AudioCLIP (full training) for paper FAD",
+        repo_id="AndreyGuzhov/AudioCLIP",
+        url_base="https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1",
+        # A release asset (about 537 MB): no published hash could be found, so it is not pinned.
+        files=(RemoteFile("AudioCLIP-Full-Training.pt"),),
+        revision="v0.1", pinned=False, licence="mit",
+    ),
+)
+WEIGHTS = WEIGHTS + PAPER_WEIGHTS
+
 # Default file layouts for a repo that is not in the table (a config may name another repo).
 _DEFAULT_LAYOUT: dict[WeightsGroup, tuple[str, tuple[RemoteFile, ...]]] = {
     WeightsGroup.BACKBONE: ("transformer", (_DIFFUSERS_CONFIG, RemoteFile(
@@ -168,15 +192,16 @@ def lookup(group: WeightsGroup | str, repo_id: str) -> WeightsEntry:
     for entry in WEIGHTS:
         if entry.group is group and entry.repo_id == repo_id:
             return entry
-    if group is WeightsGroup.EVAL or group not in _DEFAULT_LAYOUT:
+    if group in (WeightsGroup.EVAL, WeightsGroup.EVAL_PAPER) or group not in _DEFAULT_LAYOUT:
         raise ConfigError(f"no eval weights known for repo {repo_id!r}")
     subfolder, files = _DEFAULT_LAYOUT[group]
     return WeightsEntry(key=group.value, group=group, title=f"{group.value} ({repo_id})", repo_id=repo_id,
                         subfolder=subfolder, files=files)
 
 
-def eval_entries() -> list[WeightsEntry]:
-    return [e for e in WEIGHTS if e.group is WeightsGroup.EVAL]
+def eval_entries(group: WeightsGroup = WeightsGroup.EVAL) -> list[WeightsEntry]:
+    """The eval extractors of one group: ``eval`` (the avdit protocol) or ``eval-paper`` (mm-diffusion)."""
+    return [e for e in WEIGHTS if e.group is group]
 
 
 def required_groups(cfg: Config) -> list[WeightsGroup]:
@@ -199,8 +224,8 @@ def entries_for(cfg: Config, groups: Iterable[WeightsGroup | str]) -> list[Weigh
     """The table entries for the given groups, with the repos the config names."""
     out: list[WeightsEntry] = []
     for group in (WeightsGroup(g) for g in groups):
-        if group is WeightsGroup.EVAL:
-            out.extend(eval_entries())
+        if group in (WeightsGroup.EVAL, WeightsGroup.EVAL_PAPER):
+            out.extend(eval_entries(group))
             continue
         repo = _repo_for(cfg, group)
         out.append(lookup(group, repo))
@@ -347,6 +372,16 @@ def vggish_paths() -> tuple[Path, Path]:
     return _eval_file("vggish", 0), _eval_file("vggish", 1)
 
 
+def i3d_400_path() -> Path:
+    """The downloaded ``i3d_pretrained_400.pt`` (mm-diffusion FVD / KVD)."""
+    return _eval_file("i3d-400")
+
+
+def audioclip_path() -> Path:
+    """The downloaded ``AudioCLIP-Full-Training.pt`` (mm-diffusion FAD)."""
+    return _eval_file("audioclip")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Integrity
 # ----------------------------------------------------------------------------------------------------------
@@ -364,7 +399,8 @@ def check_file(path: Path, remote: RemoteFile, *, full: bool = True) -> str | No
     """Why a downloaded file is bad, or None when it passes.
 
     Always checks the expected size (where known). With ``full``: the content against the cache blob's name
-    (sha256 for LFS files, git sha1 for small files) and against the table's sha256 (or prefix) where known.
+    (sha256 for LFS files, git sha1 for small files) and against the table's sha256 (or prefix) and git blob
+    id where known.
     """
     real = path.resolve()
     size = real.stat().st_size
@@ -386,6 +422,10 @@ def check_file(path: Path, remote: RemoteFile, *, full: bool = True) -> str | No
         digest = digest or sha256_file(real)
         if not digest.startswith(remote.sha256.lower()):
             return f"sha256 {digest[:12]}... does not match the expected {remote.sha256[:12]}..."
+    if remote.git_sha1:
+        got = git_blob_sha1(real)
+        if got != remote.git_sha1.lower():
+            return f"git blob id {got[:12]}... does not match the published {remote.git_sha1[:12]}..."
     return None
 
 

@@ -173,7 +173,8 @@ def stand_in_table(fake: FakeHub, table: tuple[Any, ...] | None = None) -> tuple
     """avdit's weights table (``avdit_cli.hub.WEIGHTS``) rewritten to fetch tiny stand-ins from ``fake``.
 
     Same repos, subfolders and file names; pinned Hub entries use the fake repo's commit; the real sizes and
-    hashes are dropped, except that URL files get the sha256 prefix of the stand-in served under their name.
+    hashes are dropped, except that URL files that have a sha256 prefix (or git blob id) in the table get the
+    stand-in's.
     Patch it in with ``monkeypatch.setattr(avdit_cli.hub, "WEIGHTS", stand_in_table(fake))``.
     """
     from avdit_cli import hub
@@ -188,7 +189,9 @@ def stand_in_table(fake: FakeHub, table: tuple[Any, ...] | None = None) -> tuple
         files = []
         for f in e.files:
             served = fake.root / "_files" / f.name
-            prefix = hashlib.sha256(served.read_bytes()).hexdigest()[:8] if served.is_file() else None
-            files.append(dataclasses.replace(f, size=None, sha256=prefix))
+            data = served.read_bytes() if served.is_file() else None
+            prefix = hashlib.sha256(data).hexdigest()[:8] if data is not None and f.sha256 else None
+            blob = git_blob_sha1(data) if data is not None and f.git_sha1 else None
+            files.append(dataclasses.replace(f, size=None, sha256=prefix, git_sha1=blob))
         out.append(dataclasses.replace(e, files=tuple(files), url_base=f"{fake.url}/files"))
     return tuple(out)

@@ -33,8 +33,10 @@ def test_table_is_pinned_or_says_so() -> None:
         assert e.files, e.key  # a few named files, never a whole repo
         if e.is_hub and e.pinned:
             assert re.fullmatch(r"[0-9a-f]{40}", e.revision), e
-        if not e.pinned:
+        if e.is_hub and not e.pinned:
             assert e.revision == "main", e
+        if not e.is_hub:  # a plain URL is pinned by a hash of its content, or says it is not
+            assert e.pinned == any(f.sha256 or f.git_sha1 for f in e.files), e
         for f in e.files:
             assert f.size is None or f.size > 0
     backbone = hub.lookup("backbone", "facebook/DiT-XL-2-256")
@@ -50,6 +52,7 @@ def test_groups_per_preset() -> None:
     aist = [g.value for g in dl.default_groups(load_preset("aist"))]
     assert aist == ["backbone", "video-vae", "audio-vae", "vocoder", "eval"]
     assert {e.key for e in dl.select(load_preset("tiny"), ["eval"])} == {"i3d", "vggish"}
+    assert {e.key for e in dl.select(load_preset("aist"), ["eval-paper"])} == {"i3d-400", "audioclip"}
     with pytest.raises(ConfigError, match="backbone"):
         dl.select(load_preset("tiny"), ["backbone"])
     assert dl.parse_only("video-vae, eval") == [WeightsGroup.VIDEO_VAE, WeightsGroup.EVAL]
@@ -85,7 +88,8 @@ def _build_repos(fake: FakeHub) -> tuple[hub.WeightsEntry, ...]:
     fake.add_file("cvssp/audioldm-s-full-v2", "vae/diffusion_pytorch_model.safetensors", _safetensors(2))
     fake.add_file("cvssp/audioldm-s-full-v2", "vocoder/model.safetensors", _safetensors(3))
     fake.add_file("flateon/FVD-I3D-torchscript", "i3d_torchscript.pt", _torch_bytes(4))
-    for name, seed in (("vggish-10086976.pth", 5), ("vggish_pca_params-970ea276.pth", 6)):
+    for name, seed in (("vggish-10086976.pth", 5), ("vggish_pca_params-970ea276.pth", 6),
+                       ("i3d_pretrained_400.pt", 7), ("AudioCLIP-Full-Training.pt", 8)):
         fake.add_url_file(name, _torch_bytes(seed))
     return stand_in_table(fake)
 
@@ -206,6 +210,22 @@ def test_url_download_checks_hash_prefix(fake: FakeHub, env: Path) -> None:
     with pytest.raises(WeightsError, match="vggish"):
         dl.download(load_preset("tiny"), ["eval"])
     assert not (env / "avdit" / "weights" / name).exists()
+
+
+def test_eval_paper_weights_download_and_are_checked(fake: FakeHub, env: Path) -> None:
+    rows = dl.download(load_preset("tiny"), ["eval-paper"])
+    assert [(r.key, r.status) for r in rows] == [("i3d-400", "downloaded"), ("audioclip", "downloaded")]
+    assert rows[1].revision == "v0.1 (not pinned)" and "not pinned" not in rows[0].revision
+    assert hub.i3d_400_path().name == "i3d_pretrained_400.pt"
+    assert hub.audioclip_path().name == "AudioCLIP-Full-Training.pt"
+    # The I3D file is pinned by its git blob id: a wrong file is refused and removed.
+    hub.i3d_400_path().unlink()
+    fake.corrupt["i3d_pretrained_400.pt"] = b"not the weights"
+    with pytest.raises(WeightsError, match="git blob id"):
+        dl.download(load_preset("tiny"), ["eval-paper"])
+    assert not (env / "avdit" / "weights" / "i3d_pretrained_400.pt").exists()
+    with pytest.raises(WeightsError, match="--only eval-paper"):
+        hub.i3d_400_path()
 
 
 def test_safetensors_missing_falls_back_to_bin(fake: FakeHub) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from avdit_cli.errors import DataError
 from avdit_cli.metrics import (
@@ -15,6 +16,8 @@ from avdit_cli.metrics import (
     kvd,
     reliability_warning,
 )
+from avdit_cli.metrics.frechet import frechet_distance_tfgan
+from avdit_cli.metrics.kid import kvd_sklearn_float32
 
 
 def _fd_eig(x: np.ndarray, y: np.ndarray) -> float:
@@ -171,3 +174,76 @@ def test_feature_cache_hits_and_misses(tmp_path) -> None:
     np.testing.assert_array_equal(cached(copy, key, compute, again), first)
     assert again.hits == 1 and again.misses == 0
     assert not list((tmp_path / "features").rglob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Closed forms on Gaussians, for both numerics (avdit's float64 and MM-Diffusion's float32 ones)
+# ----------------------------------------------------------------------------------------------------------
+def _exact_moments(rng: np.random.Generator, n: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """n samples whose empirical mean is exactly `mean` and unbiased covariance exactly diag(std^2)."""
+    z = rng.normal(size=(n, len(mean)))
+    z -= z.mean(axis=0)
+    w, v = np.linalg.eigh(np.cov(z, rowvar=False))
+    z = z @ v @ np.diag(w**-0.5) @ v.T  # whitened: unbiased covariance I
+    return mean + z * std
+
+
+@pytest.mark.parametrize("fd", [frechet_distance, frechet_distance_tfgan])
+def test_frechet_equals_closed_form_of_diagonal_gaussians(fd) -> None:
+    rng = np.random.default_rng(11)
+    mu1, mu2 = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 1.0, 0.0, 0.0])
+    sd1, sd2 = np.array([1.0, 2.0, 0.5, 3.0]), np.array([2.0, 2.0, 1.5, 1.0])
+    x, y = _exact_moments(rng, 500, mu1, sd1), _exact_moments(rng, 700, mu2, sd2)
+    # N(mu1, diag sd1^2) vs N(mu2, diag sd2^2): ||mu1 - mu2||^2 + sum (sd1 - sd2)^2
+    closed = float(((mu1 - mu2) ** 2).sum() + ((sd1 - sd2) ** 2).sum())
+    assert closed == pytest.approx(5.25 + 6.0)
+    assert fd(x, y) == pytest.approx(closed, rel=1e-5 if fd is frechet_distance_tfgan else 1e-9)
+
+
+def test_tfgan_frechet_is_float32_numerics_of_the_same_number() -> None:
+    rng = np.random.default_rng(12)
+    x = (rng.normal(size=(300, 64)) * 3).astype(np.float32)
+    y = (rng.normal(size=(280, 64)) * 3 + 0.2).astype(np.float32)
+    f64, f32 = frechet_distance(x, y), frechet_distance_tfgan(x, y)
+    assert f32 == pytest.approx(f64, rel=1e-4)
+    assert frechet_distance_tfgan(x, y, dtype=torch.float64) == pytest.approx(f64, rel=1e-9)
+
+
+def _poly_mmd_closed_form(m1: float, v1: float, m2: float, v2: float, d: int) -> float:
+    """Population MMD^2 for k(x, y) = (x.y / d + 1)^3 between N(m1 1, v1 I) and N(m2 1, v2 I) in d dims.
+
+    With a = x_i y_i for independent coordinates, s = x.y / d = A / d and A a sum of d iid terms:
+    E k = E s^3 + 3 E s^2 + 3 E s + 1 from the first three moments of a, which factor over x and y.
+    """
+    def expected_kernel(ma: float, va: float, mb: float, vb: float) -> float:
+        e1 = ma * mb
+        e2 = (ma**2 + va) * (mb**2 + vb)
+        e3 = (ma**3 + 3 * ma * va) * (mb**3 + 3 * mb * vb)
+        a1 = d * e1
+        a2 = d * e2 + d * (d - 1) * e1**2
+        a3 = d * e3 + 3 * d * (d - 1) * e2 * e1 + d * (d - 1) * (d - 2) * e1**3
+        return a3 / d**3 + 3 * a2 / d**2 + 3 * a1 / d + 1
+
+    return (expected_kernel(m1, v1, m1, v1) + expected_kernel(m2, v2, m2, v2)
+            - 2 * expected_kernel(m1, v1, m2, v2))
+
+
+@pytest.mark.parametrize("mmd", [kvd, kvd_sklearn_float32])
+def test_kvd_estimates_the_closed_form_of_gaussians(mmd) -> None:
+    d, n = 3, 6000
+    rng = np.random.default_rng(13)
+    x = 0.5 + 1.0 * rng.normal(size=(n, d))
+    y = -0.5 + 1.5 * rng.normal(size=(n, d))
+    closed = _poly_mmd_closed_form(0.5, 1.0, -0.5, 2.25, d)
+    assert closed > 1.0
+    assert mmd(x.astype(np.float32), y.astype(np.float32)) == pytest.approx(closed, rel=0.05)
+
+
+def test_kvd_float32_numerics_match_float64_and_refuse_bad_input() -> None:
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(40, 16)).astype(np.float32), (rng.normal(size=(30, 16)) + 0.3).astype(np.float32)
+    assert kvd_sklearn_float32(x, y) == pytest.approx(kvd(x, y), rel=1e-4)
+    with pytest.raises(DataError, match="at least 2"):
+        kvd_sklearn_float32(x[:1], y)
+    with pytest.raises(DataError, match="same dims"):
+        kvd_sklearn_float32(x, y[:, :3])

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from avdit_cli.cli.common import SetOption, cli_errors, console, err_console
 from avdit_cli.config import METRICS
+from avdit_cli.pipelines.eval_protocols import ProtocolName, get_protocol
 from avdit_cli.pipelines.evaluate import EvalStatus, evaluate, resolve_config, skipped_summary
 
 
@@ -34,12 +35,21 @@ def eval_cmd(
     preset: Optional[str] = typer.Option(
         None, "--preset", "-p", help="Clip protocol when samples.json records none (default: recorded, else aist)."),
     set_: Optional[List[str]] = SetOption,
-    i3d: Optional[Path] = typer.Option(None, "--i3d", help="i3d_torchscript.pt (default: the downloaded one)."),
-    vggish: Optional[Path] = typer.Option(None, "--vggish", help="vggish-10086976.pth (default: downloaded)."),
+    protocol: ProtocolName = typer.Option(
+        ProtocolName.AVDIT.value, "--protocol", help="avdit (StyleGAN-V I3D, VGGish) or mm-diffusion (the "
+        "papers' evaluator: I3D-400 logits, AudioCLIP FAD x1e4, 2048 clips from the training folder)."),
+    i3d: Optional[Path] = typer.Option(
+        None, "--i3d", help="i3d_torchscript.pt (avdit) or i3d_pretrained_400.pt (mm-diffusion); default: downloaded."),
+    vggish: Optional[Path] = typer.Option(None, "--vggish", help="vggish-10086976.pth (avdit; default: downloaded)."),
+    audioclip: Optional[Path] = typer.Option(
+        None, "--audioclip", help="AudioCLIP-Full-Training.pt (mm-diffusion; default: downloaded)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
 ) -> None:
     """FVD, KVD, FAD and AV-Align of generated clips against real clips; writes GEN_DIR/metrics.json."""
+    proto = get_protocol(protocol.value)
     overrides = list(set_ or [])
+    if num is None and proto.num_samples is not None:
+        num = proto.num_samples  # the protocol fixes its sample count unless --num is given
     if num is not None:
         overrides.append(f"eval.num_samples={num}")
     if seed is not None:
@@ -60,8 +70,8 @@ def eval_cmd(
                 tasks[s.stage] = bar.add_task(s.stage, total=s.total)
             bar.update(tasks[s.stage], total=s.total, completed=s.done)
 
-        result = evaluate(gen_dir, cfg, ref, device=device, i3d=i3d, vggish=vggish, config_source=source,
-                          progress=on_progress)
+        result = evaluate(gen_dir, cfg, ref, protocol=proto, device=device, i3d=i3d, vggish=vggish,
+                          audioclip=audioclip, config_source=source, progress=on_progress)
     report = result.report
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -83,8 +93,11 @@ def _print_table(report: dict[str, Any]) -> list[str]:
     under it in full, so the table stays narrow."""
     p = report["protocol"]
     ref = report["reference"]
-    title = (f"eval: {p['num_frames']} frames at {p['fps']:g} fps, {p['frame_size']}px, {p['sample_rate']} Hz, "
-             f"seed {p['seed']}; reference: " + (f"{ref['kind']} {ref['path']}" if ref else "none"))
+    if p.get("name", "avdit") == "avdit":
+        setting = f"{p['num_frames']} frames at {p['fps']:g} fps, {p['frame_size']}px, {p['sample_rate']} Hz"
+    else:
+        setting = f"protocol {p['name']} ({p['summary']}), N {p['num_samples']}"
+    title = f"eval: {setting}, seed {p['seed']}; reference: " + (f"{ref['kind']} {ref['path']}" if ref else "none")
     table = Table(title=title, title_justify="left")
     for col in ("metric", "value", "reference", "gen / ref", "extractor", "note"):
         table.add_column(col, justify="left" if col in ("metric", "extractor", "note") else "right")
@@ -95,7 +108,7 @@ def _print_table(report: dict[str, Any]) -> list[str]:
             table.add_row(name, "-", "", "", "", f"skipped [{len(notes)}]", style="dim")
             continue
         scale = r["display_scale"]
-        label = name if scale == 1 else f"{name} (x{scale:g})"
+        label = name if scale == 1 else f"{name} (x{scale:g})"  # the protocol's print scale
         proto = r["protocol"]
         reference = f"{r['reference'] * scale:.4g}" if "reference" in r else ""
         extractor = proto["feature"]
@@ -104,7 +117,8 @@ def _print_table(report: dict[str, Any]) -> list[str]:
         note = ""
         if r.get("warning"):
             notes.append(r["warning"])
-            note = f"unreliable [{len(notes)}]" if "fewer samples" in r["warning"] else f"see [{len(notes)}]"
+            unreliable = "fewer samples" in r["warning"] or "repeated" in r["warning"]
+            note = f"unreliable [{len(notes)}]" if unreliable else f"see [{len(notes)}]"
         table.add_row(label, f"{r['display_value']:.4g}", reference, f"{proto['n_gen']} / {proto['n_ref']}",
                       extractor, note)
     console.print(table)

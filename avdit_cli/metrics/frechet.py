@@ -5,6 +5,12 @@
 All maths in float64. The matrix square root is scipy.linalg.sqrtm with the handling that pytorch-fid /
 StyleGAN-V use: if the product is singular enough that sqrtm is not finite, both covariances get an eps*I
 offset; a small imaginary part from rounding is dropped, a large one is an error.
+
+``frechet_distance_tfgan`` is the other way the same number is computed, by the evaluator of MM-Diffusion
+(after VideoGPT / TATS, after TF-GAN's ``trace_sqrt_product``): float32 torch tensors, unbiased covariances,
+``Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2)`` with both roots taken by SVD (singular values below 1e-10 kept
+unrooted), no regularisation. The two agree in exact arithmetic; in float32 they differ in the last digits,
+which is why the ``mm-diffusion`` protocol uses this one.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import torch
 
 from avdit_cli.errors import DataError
 
@@ -79,6 +86,44 @@ def frechet_distance(feats1: np.ndarray, feats2: np.ndarray, eps: float = 1e-6) 
     mu1, s1 = feature_stats(x1)
     mu2, s2 = feature_stats(x2)
     return frechet_from_stats(mu1, s1, mu2, s2, eps=eps)
+
+
+# TF-GAN's threshold below which a singular value is left as is instead of square-rooted.
+TFGAN_SQRT_EPS = 1e-10
+
+
+def _svd_sqrt(mat: torch.Tensor, eps: float = TFGAN_SQRT_EPS) -> torch.Tensor:
+    """Square root of a symmetric PSD matrix by SVD, U diag(sqrt(s)) V^T (TF-GAN's
+    ``_symmetric_matrix_square_root``); tiny singular values are kept as they are."""
+    u, s, vh = torch.linalg.svd(mat)
+    root = torch.where(s < eps, s, torch.sqrt(s))
+    return u @ torch.diag(root) @ vh
+
+
+def _cov_unbiased(x: torch.Tensor) -> torch.Tensor:
+    """(n, d) -> (d, d) with 1 / (n - 1), computed as the evaluator does: centred rows, one matmul."""
+    centred = x - x.mean(dim=0, keepdim=True)
+    return (1.0 / (x.shape[0] - 1)) * (centred.T @ centred)
+
+
+def frechet_distance_tfgan(feats1: np.ndarray | torch.Tensor, feats2: np.ndarray | torch.Tensor,
+                           dtype: torch.dtype = torch.float32) -> float:
+    """Fréchet distance with MM-Diffusion's numerics: `dtype` (float32) torch maths, SVD square roots.
+
+    feats1 (n, d) are the generated set's features, feats2 (m, d) the reference's (the order the evaluator
+    uses: the product ``S1^1/2 S2 S1^1/2`` is not symmetric in rounding). Source: ``evaluations/fvd/fvd.py``
+    of researchmm/MM-Diffusion, itself from TF-GAN's ``classifier_metrics.trace_sqrt_product``.
+    """
+    x1, x2 = _as_features(np.asarray(feats1), "feats1"), _as_features(np.asarray(feats2), "feats2")
+    if x1.shape[1] != x2.shape[1]:
+        raise DataError(f"feature dims differ ({x1.shape[1]} vs {x2.shape[1]}); use the same extractor for both.")
+    a, b = torch.as_tensor(x1, dtype=dtype), torch.as_tensor(x2, dtype=dtype)
+    mu1, mu2 = a.mean(dim=0), b.mean(dim=0)
+    s1, s2 = _cov_unbiased(a), _cov_unbiased(b)
+    root1 = _svd_sqrt(s1)
+    trace_sqrt = torch.trace(_svd_sqrt(root1 @ (s2 @ root1)))
+    fd = torch.trace(s1 + s2) - 2.0 * trace_sqrt + torch.sum((mu1 - mu2) ** 2)
+    return float(fd.item())
 
 
 def reliability_warning(n1: int, n2: int, dim: int, metric: str = "FVD") -> str | None:

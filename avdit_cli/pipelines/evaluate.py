@@ -1,6 +1,10 @@
 """`avdit eval`: FVD / KVD / FAD and AV-Align of a folder of generated clips against real clips.
 
-Protocol. Generated clips (every ``*.mp4`` in GEN_DIR) and reference clips are read at the same clip protocol
+Protocols (``pipelines/eval_protocols.py``): ``avdit`` (the default, described below) and ``mm-diffusion``,
+MM-Diffusion's evaluator with its quirks, whose reading and scoring live in ``pipelines/eval_mmdiffusion.py``;
+:func:`evaluate` hands the latter to :func:`_evaluate_mm_diffusion`.
+
+Protocol ``avdit``. Generated clips (every ``*.mp4`` in GEN_DIR) and reference clips are read at the same clip protocol
 (``data.num_frames`` frames at ``data.fps``, ``data.frame_size`` square, ``data.clip_samples`` of mono audio at
 ``data.sample_rate``), the one the clips were made with: ``samples.json`` (written by ``avdit generate``)
 records it, else the run folder's ``config.yaml``, else the given preset.
@@ -51,7 +55,9 @@ from avdit_cli.metrics import (
 from avdit_cli.metrics.vggish import FAD_PROTOCOL
 from avdit_cli.metrics.vggish import SAMPLE_RATE as VGGISH_RATE
 from avdit_cli.paths import default_cache_dir
+from avdit_cli.pipelines import eval_mmdiffusion as mmd
 from avdit_cli.pipelines.distributed import resolve_device
+from avdit_cli.pipelines.eval_protocols import AVDIT, MM_DIFFUSION, EvalProtocol, get_protocol
 from avdit_cli.pipelines.info import package_versions
 
 SAMPLES_JSON = "samples.json"
@@ -61,6 +67,7 @@ EXTRA_FRAMES_TOLERANCE = 1  # a generated clip may hold this many frames too man
 READER_VERSION = 1  # bump when the way clips are read changes, so old cached features are not reused
 FEATURE_METRICS = {"fvd": "i3d", "kvd": "i3d", "fad": "vggish"}
 DOWNLOAD_EVAL = "avdit download --only eval"
+DOWNLOAD_EVAL_PAPER = "avdit download --only eval-paper"
 
 Progress = Callable[["EvalStatus"], None]
 
@@ -571,16 +578,31 @@ def evaluate(
     cfg: Config,
     ref: Path | None = None,
     *,
+    protocol: str | EvalProtocol = AVDIT,
     device: str | None = None,
     i3d: Path | None = None,
     vggish: Path | None = None,
+    audioclip: Path | None = None,
     feature_cache: FeatureCache | None = None,
     config_source: str = "",
     write: bool = True,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Score the clips in `gen_dir` with ``cfg.eval`` (num_samples, seed, metrics, batch_size) at the clip
-    protocol ``cfg.data``; write GEN_DIR/metrics.json unless `write` is False."""
+    """Score the clips in `gen_dir` with ``cfg.eval`` (num_samples, seed, metrics, batch_size); write
+    GEN_DIR/metrics.json unless `write` is False.
+
+    ``protocol`` ``avdit`` reads clips at the clip protocol ``cfg.data``; ``mm-diffusion`` reads them its own
+    way (``cfg.data`` unused) and takes ``i3d`` as ``i3d_pretrained_400.pt`` and ``audioclip`` for FAD.
+    """
+    proto = get_protocol(protocol)
+    if proto is MM_DIFFUSION:
+        if vggish is not None:
+            raise ConfigError("--vggish belongs to the avdit protocol; mm-diffusion's FAD uses --audioclip")
+        return _evaluate_mm_diffusion(gen_dir, cfg, ref, device=device, i3d=i3d, audioclip=audioclip,
+                                      feature_cache=feature_cache, config_source=config_source, write=write,
+                                      progress=progress)
+    if audioclip is not None:
+        raise ConfigError("--audioclip belongs to the mm-diffusion protocol; add --protocol mm-diffusion")
     started = time.perf_counter()
     gen_dir = Path(gen_dir)
     ev = cfg.eval
@@ -632,7 +654,7 @@ def evaluate(
     report = {
         "gen_dir": str(gen_dir.resolve()),
         "config_source": config_source,
-        "protocol": {**_protocol(cfg.data), "num_samples": ev.num_samples, "seed": ev.seed,
+        "protocol": {"name": AVDIT.name, **_protocol(cfg.data), "num_samples": ev.num_samples, "seed": ev.seed,
                      "display_scale": {m: DISPLAY_SCALE[m] for m in metrics}},
         "metrics": results,
         "generated": {"files": len(files), "used": len(gen.used), "skipped": [s.to_dict() for s in gen.skipped]},
@@ -643,6 +665,11 @@ def evaluate(
         "versions": package_versions(),
         "config": cfg.to_dict(),
     }
+    return _write_report(gen_dir, report, write)
+
+
+def _write_report(gen_dir: Path, report: dict[str, Any], write: bool) -> EvalResult:
+    """GEN_DIR/metrics.json (unless `write` is False), for every protocol."""
     path = None
     if write:
         path = gen_dir / METRICS_JSON
@@ -657,6 +684,135 @@ def _reference_report(reference: Reference | None, score: _SetScore | None) -> d
     return {"kind": reference.kind, "path": str(reference.given.resolve()),
             "data_dir": str(reference.data_dir.resolve()), "clips_available": len(reference.clips),
             "used": len(score.used) if score else 0, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The mm-diffusion protocol (reading and scoring in eval_mmdiffusion.py)
+# ----------------------------------------------------------------------------------------------------------
+_PAPER_FEATURES = {"fvd": "i3d-400", "kvd": "i3d-400", "fad": "audioclip"}
+
+
+def _paper_weights(given: Path | None, key: str, option: str) -> tuple[Path | None, str | None]:
+    """(path, None) or (None, why the metrics that need it are skipped). A given path must exist."""
+    from avdit_cli import hub
+
+    if given is not None:
+        if not Path(given).is_file():
+            raise WeightsError(f"{option} {given} is not a file; fix the path or drop it to use the downloaded one")
+        return Path(given), None
+    try:
+        return (hub.i3d_400_path() if key == "i3d-400" else hub.audioclip_path()), None
+    except WeightsError as err:
+        reason = str(err)
+        return None, reason if DOWNLOAD_EVAL_PAPER in reason else f"{reason}; run `{DOWNLOAD_EVAL_PAPER}`"
+
+
+def _paper_reference_folder(ref: Path | None, gen_dir: Path) -> tuple[str, Path, Path]:
+    """(kind, given folder, training folder): --ref, else the run's cache; a cache stands for its data_dir."""
+    folder = reference_folder(ref, gen_dir)
+    if not (folder / MANIFEST).is_file():
+        return "data", folder, folder
+    recorded = read_manifest(folder).get("data_dir")
+    if not recorded or not Path(recorded).is_dir():
+        raise _need_ref(f"the cache {folder} was made from {recorded}, which is not there any more")
+    data_dir = Path(recorded)
+    return "cache", folder, data_dir
+
+
+def _evaluate_mm_diffusion(gen_dir: Path, cfg: Config, ref: Path | None, *, device: str | None,
+                           i3d: Path | None, audioclip: Path | None, feature_cache: FeatureCache | None,
+                           config_source: str, write: bool, progress: Progress | None) -> EvalResult:
+    """:func:`evaluate` under the mm-diffusion protocol: ``cfg.eval`` gives num_samples, seed and metrics."""
+    started = time.perf_counter()
+    proto, ev, gen_dir = MM_DIFFUSION, cfg.eval, Path(gen_dir)
+    metrics = [m for m in dict.fromkeys(ev.metrics) if m in proto.metrics]
+    if not metrics:
+        raise ConfigError(f"eval.metrics: none of {list(ev.metrics)} is part of the mm-diffusion protocol; "
+                          f"choose from {', '.join(proto.metrics)} (av-align: --protocol avdit)")
+    files = generated_files(gen_dir)
+    cache = feature_cache if feature_cache is not None else FeatureCache()
+    dev = str(resolve_device(device))
+    i3d_path, i3d_why = _paper_weights(i3d, "i3d-400", "--i3d") if {"fvd", "kvd"} & set(metrics) else (None, None)
+    clip_path, clip_why = _paper_weights(audioclip, "audioclip", "--audioclip") if "fad" in metrics else (None, None)
+    skipped_metrics = {m: why for m in metrics
+                       if (why := (clip_why if m == "fad" else i3d_why)) is not None}
+    if len(skipped_metrics) == len(metrics):
+        raise WeightsError(next(iter(skipped_metrics.values())))
+    kind, given, data_dir = _paper_reference_folder(ref, gen_dir)  # before any decoding: fail early
+
+    def stage_progress(stage: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(EvalStatus(stage, done, total))
+
+    extractors = mmd.PaperExtractors(i3d_path, clip_path, dev)
+    n, seed = ev.num_samples, ev.seed
+    gen_pool, gen_lines, gen_skipped = mmd.list_windows(files, gen_dir, cache, stage_progress, "generated scan")
+    mmd.need_pool(gen_pool, gen_dir, "generated clips")
+    gen = mmd.score_set(gen_pool, gen_lines, n, seed, extractors, cache, "generated", stage_progress)
+    if not gen.used:
+        first = (gen_skipped + gen.skipped)[0]
+        raise DataError(f"none of the {len(files)} .mp4 files in {gen_dir} can be scored; e.g. {first}")
+    ref_files = mmd.video_files(data_dir)
+    if not ref_files:
+        raise _need_ref(f"no .mp4, .avi or .gif files under {data_dir}")
+    ref_pool, ref_lines, ref_skipped = mmd.list_windows(ref_files, data_dir, cache, stage_progress, "reference scan")
+    mmd.need_pool(ref_pool, data_dir, "reference clips")
+    refs = mmd.score_set(ref_pool, ref_lines, n, seed, extractors, cache, "reference", stage_progress)
+    if not refs.used:
+        raise DataError(f"no reference clip from {data_dir} could be read; pass another --ref")
+
+    described = extractors.describe()
+    results: dict[str, dict[str, Any]] = {}
+    for m in metrics:
+        if m in skipped_metrics:
+            results[m] = {"status": "skipped", "reason": skipped_metrics[m]}
+            continue
+        feature = _PAPER_FEATURES[m]
+        x, y = gen.features[feature], refs.features[feature]
+        spec = proto.video if m in proto.video.metrics else proto.audio
+        number_protocol = {"name": proto.name, "feature": feature, **described[feature], "model": spec.model,
+                           "weights_source": spec.source, "reading": spec.reading, "numerics": proto.numerics,
+                           "n_gen": len(gen.used), "n_ref": len(refs.used), "unique_gen": gen.unique,
+                           "unique_ref": refs.unique, "seed": seed, "display_scale": proto.display_scale[m]}
+        try:
+            value = proto.distance(m, x, y)
+        except DataError as err:
+            results[m] = {"status": "skipped", "reason": str(err), "protocol": number_protocol}
+            continue
+        warnings = [w for w in (reliability_warning(gen.unique, refs.unique, x.shape[1], m.upper()),
+                                _repeat_warning(gen, "generated", n), _repeat_warning(refs, "reference", n)) if w]
+        results[m] = {"status": "ok", "value": value, "display_scale": proto.display_scale[m],
+                      "display_value": value * proto.display_scale[m],
+                      "warning": " ".join(warnings) or None, "protocol": number_protocol}
+
+    def set_report(s: mmd.ScoredSet, scan_skipped: list[MediaError]) -> dict[str, Any]:
+        return {"clips_available": s.available, "used": len(s.used), "unique": s.unique, "repeated": s.repeated,
+                "skipped": [Skipped(e.path, e.reason, e.detail).to_dict() for e in scan_skipped + s.skipped]}
+
+    report = {
+        "gen_dir": str(gen_dir.resolve()),
+        "config_source": config_source,
+        "protocol": {**proto.to_dict(), "num_samples": n, "seed": seed,
+                     "display_scale": {m: proto.display_scale[m] for m in metrics}},
+        "metrics": results,
+        "generated": {"files": len(files), **set_report(gen, gen_skipped)},
+        "reference": {"kind": kind, "path": str(given.resolve()), "data_dir": str(data_dir.resolve()),
+                      **set_report(refs, ref_skipped)},
+        "feature_cache": {"root": str(cache.root), "hits": cache.hits, "misses": cache.misses},
+        "device": dev,
+        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+        "seconds": round(time.perf_counter() - started, 3),
+        "versions": package_versions(),
+        "config": cfg.to_dict(),
+    }
+    return _write_report(gen_dir, report, write)
+
+
+def _repeat_warning(s: mmd.ScoredSet, what: str, n: int) -> str | None:
+    if not s.repeated:
+        return None
+    return (f"The {s.unique} {what} clips were repeated to make {n}, as MM-Diffusion's endless loader does; "
+            f"the number is not comparable to published ones made with {n} distinct clips.")
 
 
 def skipped_summary(items: Iterable[dict[str, str]]) -> str:
