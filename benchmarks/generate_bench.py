@@ -45,7 +45,7 @@ def make_random_run(root: Path, cfg: Config, seed: int = 0) -> Path:
     _, c, h, _ = cfg.data.video_latent_shape
     dit = DiT.from_config(cfg.model, input_size=h, in_channels=c, generator=g)
     folder = dit.save_pretrained(root / "backbone")
-    backbone, report = DiT.from_pretrained(folder)
+    backbone, report = DiT.from_pretrained(folder, output_loading_info=True)
     model = AVDiT.from_config(cfg, backbone=backbone, generator=g)
     with torch.no_grad():
         for _, p in model.adapter_named_parameters():

@@ -70,7 +70,7 @@ def test_the_shipped_tiny_backbone_loads_and_fits_the_tiny_preset() -> None:
     cfg = load_preset("tiny")
     assert shipped_backbone(cfg) == SHIPPED_BACKBONE
     assert shipped_backbone(load_preset("tiny", ["model.depth=2"])) is None  # another size: the demo pretrains
-    dit, report = DiT.from_pretrained(SHIPPED_BACKBONE)
+    dit, report = DiT.from_pretrained(SHIPPED_BACKBONE, output_loading_info=True)
     assert report.format == "diffusers-safetensors"
     model = AVDiT.from_config(cfg, backbone=dit)
     assert sum(p.numel() for p in model.backbone.parameters()) == 330_136

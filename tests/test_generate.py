@@ -56,7 +56,7 @@ def make_run(root: Path, overrides: dict | None = None, mode: str = "finetune", 
         for p in dit.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     folder = dit.save_pretrained(root / "backbone")
-    backbone, report = DiT.from_pretrained(folder)
+    backbone, report = DiT.from_pretrained(folder, output_loading_info=True)
     model = AVDiT.from_config(cfg, backbone=backbone, generator=g)
     with torch.no_grad():  # off the adapters' zero init: temporal attention, audio final layer, gates
         for _, p in model.adapter_named_parameters():

@@ -116,7 +116,7 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
         from avdit_cli.hub import backbone_path
 
         path = backbone_path(cfg)
-    backbone, report = DiT.from_pretrained(path, device=device)
+    backbone, report = DiT.from_pretrained(path, device=device, output_loading_info=True)
     if want and report.sha256() != want:
         raise WeightsError(f"the backbone at {path} is not the one this run was trained on (sha256 "
                            f"{report.sha256()[:12]} vs {want[:12]}); point model.backbone_path at the right one")
