@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -9,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from avdit_cli.cli.common import cli_errors, console
+from avdit_cli.cli.common import JsonOption, cli_errors, console, err_console, print_json
 from avdit_cli.pipelines.demo import DemoOptions, demo as run_demo
 
 
@@ -24,11 +25,16 @@ def demo(
     no_joint: bool = typer.Option(False, "--no-joint", help="Train without the joint block (the ablation)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, training and sampling."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override a tiny-preset value (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of the table (steps go to stderr)."),
 ) -> None:
     """Run the whole pipeline (data, preprocess, backbone, finetune, generate, scores) on a CPU."""
     opts = DemoOptions(out_dir=out, clips=clips, steps=steps, pretrain_steps=pretrain_steps, generate=num,
                        joint=not no_joint, seed=seed, overrides=tuple(set_ or ()))
-    result = run_demo(opts, log=lambda msg: console.print(msg, highlight=False))
+    say = err_console if as_json else console  # with --json, stdout holds the JSON only
+    result = run_demo(opts, log=lambda msg: say.print(msg, highlight=False))
+    if as_json:
+        print_json(json.loads((result.out_dir / "demo.json").read_text()))
+        return
     table = Table(title=f"avdit demo ({'joint block on' if opts.joint else 'no joint block'}, {steps} steps)",
                   title_justify="left")
     table.add_column("clips")
