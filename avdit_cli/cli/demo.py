@@ -56,4 +56,6 @@ def demo(
     console.print(f"clips: {result.samples_dir}/sample_*.mp4")
     if result.contact_sheet:
         console.print(f"contact sheet: {result.contact_sheet}")
+    if (result.samples_dir / "index.html").is_file():
+        console.print(f"gallery: {result.samples_dir / 'index.html'} (open it in a browser)")
     console.print(f"everything: {result.out_dir}/demo.json")

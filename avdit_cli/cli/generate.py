@@ -56,3 +56,5 @@ def generate(
                       f"decode+write {result.decode_seconds:.1f} s) -> {result.out_dir}")
         if result.contact_sheet:
             console.print(f"contact sheet: {result.contact_sheet}")
+        if result.gallery:
+            console.print(f"gallery: {result.gallery} (open it in a browser)")

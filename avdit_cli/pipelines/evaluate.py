@@ -52,6 +52,7 @@ from avdit_cli.metrics.vggish import FAD_PROTOCOL
 from avdit_cli.metrics.vggish import SAMPLE_RATE as VGGISH_RATE
 from avdit_cli.paths import default_cache_dir
 from avdit_cli.pipelines.distributed import resolve_device
+from avdit_cli.pipelines.gallery import refresh_gallery
 from avdit_cli.pipelines.info import package_versions
 
 SAMPLES_JSON = "samples.json"
@@ -647,6 +648,7 @@ def evaluate(
     if write:
         path = gen_dir / METRICS_JSON
         atomic_write_json(path, report)
+        refresh_gallery(gen_dir)  # index.html of a generate folder shows the new numbers
     return EvalResult(report, path)
 
 

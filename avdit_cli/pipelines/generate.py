@@ -17,7 +17,8 @@ Class-conditional runs (``model.trainable_class_table``) sample class ``--class`
 
 Outputs in ``out_dir``: ``sample_00000.mp4`` ... (H.264 yuv420p + AAC mono, exactly ``num_frames / fps``
 seconds), ``samples.json`` (the run, checkpoint sha256, sampler settings, and per file its seed and timing),
-``contact_sheet.png`` (frames over the mel of the first 16 clips) and, with ``save_latents``,
+``contact_sheet.png`` (frames over the mel of the first 16 clips), ``sample_NNNNN.mel.png`` (each clip's mel
+picture) and ``index.html`` (a gallery of them all: ``gallery.py``) and, with ``save_latents``,
 ``latents.safetensors`` (``video`` (n, f, c, h, w) and ``audio`` (n, c, T, M), float32, in sample order).
 """
 
@@ -42,6 +43,7 @@ from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models import AVDiT, DiT
+from avdit_cli.pipelines import gallery
 from avdit_cli.pipelines.distributed import dist_context, resolve_device
 from avdit_cli.pipelines.preprocess import encode_clips
 from avdit_cli.pipelines.runs import Checkpoint, TENSORS, load_checkpoint
@@ -49,7 +51,7 @@ from avdit_cli.pipelines.runs import Checkpoint, TENSORS, load_checkpoint
 CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) and (b, c, T, M)
 SHEET_CLIPS = 16  # clips shown on the contact sheet
 VOCODER_SEED = 0  # Griffin-Lim's initial phase: fixed, so a clip's audio depends on its latents only
-OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.json")
+OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.json", gallery.INDEX)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class GenerateOptions:
     video_from: Path | None = None
     overwrite: bool = False
     contact_sheet: bool = True
+    gallery: bool = True  # index.html and one mel picture per clip
     save_latents: bool = False  # also write latents.safetensors (and return them in the result)
 
 
@@ -84,6 +87,7 @@ class GenerateResult:
     contact_sheet: Path | None
     records: list[dict[str, Any]] = field(default_factory=list)
     latents: dict[str, torch.Tensor] | None = None  # with save_latents: video (n, f, c, h, w), audio (n, c, T, M)
+    gallery: Path | None = None  # index.html
 
 
 # (clips done by this process - fractional inside a batch, clips this process draws, denoiser steps per second)
@@ -160,7 +164,8 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 def clear_out_dir(out_dir: Path) -> None:
     """Remove what an earlier generate wrote there (other files stay), and make the folder."""
     if out_dir.is_dir():
-        for old in [*out_dir.glob("sample_*.mp4"), *(out_dir / name for name in OUTPUTS)]:
+        for old in [*out_dir.glob("sample_*.mp4"), *out_dir.glob(f"sample_*{gallery.MEL_SUFFIX}"),
+                    *(out_dir / name for name in OUTPUTS)]:
             old.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -323,6 +328,9 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             write_mp4(opts.out_dir / f"sample_{i:05d}.mp4", frames[j], waves[j], cfg.data.fps, cfg.data.sample_rate)
             if opts.contact_sheet and i < SHEET_CLIPS:
                 sheet_rows[i] = contact_row(frames[j], waves[j], codecs)
+            if opts.gallery:
+                gallery.write_mel_picture(opts.out_dir / gallery.mel_picture_name(f"sample_{i:05d}.mp4"),
+                                          mel_image(waves[j], codecs))
             if opts.save_latents:
                 kept[i] = (latents["video"][j].float().cpu(), latents["audio"][j].float().cpu())
         t2 = time.perf_counter()
@@ -345,7 +353,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         order = sorted(gathered)
         latents_all = {"video": torch.stack([gathered[i][0] for i in order]),
                        "audio": torch.stack([gathered[i][1] for i in order])}
-    samples_json = sheet = None
+    samples_json = sheet = page = None
     if ctx.is_main:
         samples_json = opts.out_dir / "samples.json"
         run = {
@@ -377,7 +385,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         if latents_all is not None:
             atomic_save_tensors(opts.out_dir / "latents.safetensors", latents_all,
                                 metadata={"seed": str(s.seed), "num": str(opts.num)})
+        page = gallery.write_gallery(opts.out_dir) if opts.gallery else None
     ctx.barrier()
     files = [opts.out_dir / r["file"] for r in all_records]
     return GenerateResult(opts.out_dir, files, time.perf_counter() - started, denoise_s, decode_s,
-                          samples_json, sheet, all_records, latents_all)
+                          samples_json, sheet, all_records, latents_all, page if ctx.is_main else None)
