@@ -16,6 +16,7 @@ from avdit_cli.cli.generate import generate
 from avdit_cli.cli.help import AvditCommand, AvditGroup
 from avdit_cli.cli.info import info
 from avdit_cli.cli.preprocess import preprocess
+from avdit_cli.cli.push import push
 
 app = typer.Typer(
     name="avdit",
@@ -53,6 +54,7 @@ app.command(cls=AvditCommand)(finetune)
 app.command(cls=AvditCommand)(generate)
 app.command("eval", cls=AvditCommand)(eval_cmd)
 app.command(cls=AvditCommand)(demo)
+app.command(cls=AvditCommand)(push)
 
 
 def main() -> None:

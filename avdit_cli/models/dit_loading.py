@@ -80,6 +80,11 @@ def _locate(path: Path) -> tuple[Path, dict[str, Any] | None, str]:
     return path, config, fmt
 
 
+def weights_file(path: str | os.PathLike[str]) -> Path:
+    """The weights file ``DiT.from_pretrained(path)`` would read (for hashing it without loading it)."""
+    return _locate(Path(path).expanduser())[0]
+
+
 def _read_config(config_file: Path) -> dict[str, Any]:
     try:
         config = json.loads(config_file.read_text())

@@ -45,8 +45,9 @@ from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models import AVDiT, DiT
 from avdit_cli.pipelines import gallery
 from avdit_cli.pipelines.distributed import dist_context, resolve_device
+from avdit_cli.pipelines.hub_run import is_hub_ref, open_hub_run
 from avdit_cli.pipelines.preprocess import encode_clips
-from avdit_cli.pipelines.runs import Checkpoint, TENSORS, load_checkpoint
+from avdit_cli.pipelines.runs import Checkpoint, load_checkpoint
 
 CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) and (b, c, T, M)
 SHEET_CLIPS = 16  # clips shown on the contact sheet
@@ -58,7 +59,7 @@ OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.
 class GenerateOptions:
     out_dir: Path
     num: int = 16
-    checkpoint: Path | None = None  # a run or checkpoint folder; None: the latest run
+    checkpoint: Path | str | None = None  # a run or checkpoint folder, or "hf://NAME[@REV]"; None: the latest run
     ema: bool = True
     sampler: Sampler | None = None  # None: the run's sample.* settings
     steps: int | None = None
@@ -97,8 +98,11 @@ Progress = Callable[[float, int, float], None]
 # ----------------------------------------------------------------------------------------------------------
 # The run: checkpoint, config, model
 # ----------------------------------------------------------------------------------------------------------
-def open_checkpoint(path: Path | None) -> Checkpoint:
-    """The checkpoint of a run folder, a checkpoint folder, or (None) the latest run."""
+def open_checkpoint(path: Path | str | None, ema: bool = True) -> Checkpoint:
+    """The checkpoint of a run folder, a checkpoint folder, adapters on the Hub (``hf://NAME[@REV]``, pulled
+    into the HF cache and checked: hub_run.py) or (None) the latest run."""
+    if is_hub_ref(path):
+        return open_hub_run(str(path), ema=ema)
     if path is not None and not Path(path).exists():
         raise TrainingError(f"{path} does not exist; give a run folder (or one of its checkpoints) made by "
                             "`avdit finetune`")
@@ -249,7 +253,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         raise ConfigError(f"-n: got {opts.num}, expected at least 1 clip")
     if opts.audio_from and opts.video_from:
         raise ConfigError("--audio-from and --video-from exclude each other: give one modality to condition on")
-    ckpt = open_checkpoint(opts.checkpoint)
+    ckpt = open_checkpoint(opts.checkpoint, ema=opts.ema)
     cfg = resolve_config(ckpt, opts)
     s = cfg.sample
     class_conditional = cfg.model.trainable_class_table and cfg.model.num_classes > 0
@@ -357,9 +361,9 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     if ctx.is_main:
         samples_json = opts.out_dir / "samples.json"
         run = {
-            "run": str(ckpt.path.parent.parent.resolve()),
+            "run": ckpt.run_label,
             "checkpoint": str(ckpt.path.resolve()),
-            "checkpoint_sha256": sha256_file(ckpt.path / TENSORS),
+            "checkpoint_sha256": sha256_file(ckpt.tensors_file),
             "step": ckpt.step,
             "weights": "ema" if opts.ema else "raw",
             "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta,
