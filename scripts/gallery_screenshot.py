@@ -32,7 +32,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--hide-scrollbars", "--mute-audio"]
 READY = """(() => {
   const videos = [...document.querySelectorAll('video')], images = [...document.querySelectorAll('img')];
-  return videos.every(v => (v.readyState >= 2 && !v.seeking && v.networkState !== 2) || v.error) && images.every(i => i.complete);
+  const settled = v => (v.readyState >= 2 && !v.seeking && v.networkState !== 2) || v.error;
+  return videos.every(settled) && images.every(i => i.complete);
 })()"""  # readyState 2: the frame is decoded (and no seek pending); an error counts as settled
 
 

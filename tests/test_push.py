@@ -104,13 +104,15 @@ def test_push_then_generate_from_the_hub_is_bit_identical(fake: FakeHub, env: Pa
     out = env / "from-hub"
     made = runner.invoke(app, ["generate", "--run", f"hf://{REPO}", "-o", str(out), *GEN])
     assert made.exit_code == 0, made.output
+    assert made.stdout.splitlines()[0].startswith("3 clips in")  # not a terminal: no progress bar, no blank line
     assert (env / "hf" / "hub" / f"models--{REPO.replace('/', '--')}").is_dir()
     clips = sorted(p.name for p in local.glob("sample_*.mp4"))
     assert clips == sorted(p.name for p in out.glob("sample_*.mp4")) and len(clips) == 3
     for name in clips:
         assert (out / name).read_bytes() == (local / name).read_bytes(), name
-    with safe_open(str(local / "latents.safetensors"), "pt") as a, safe_open(str(out / "latents.safetensors"), "pt") as b:
-        for key in ("video", "audio"):
+    for key in ("video", "audio"):
+        with safe_open(str(local / "latents.safetensors"), "pt") as a, \
+                safe_open(str(out / "latents.safetensors"), "pt") as b:
             assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
     record = json.loads((out / "samples.json").read_text())
     assert record["run"].startswith(f"hf://{REPO}@") and len(record["run"].split("@")[1]) == 40

@@ -52,7 +52,8 @@ def eval_cmd(
 
     columns = [TextColumn("[bold]eval {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
-    with Progress(*columns, console=err_console, transient=True, disable=as_json) as bar:
+    shown = not as_json and err_console.is_terminal
+    with Progress(*columns, console=err_console, transient=True, disable=not shown) as bar:
         tasks: dict[str, Any] = {}
 
         def on_progress(s: EvalStatus) -> None:

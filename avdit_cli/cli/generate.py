@@ -47,7 +47,8 @@ def generate(
                            save_latents=save_latents)
     columns = [TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.fields[clips]}/{task.total} clips"),
                TextColumn("{task.fields[rate]:.1f} steps/s"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True, disable=not is_main_rank()) as bar:
+    shown = is_main_rank() and console.is_terminal  # piped: no bar (it would leave blank lines)
+    with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
         task = bar.add_task("clips", total=num, rate=0.0, clips=0)
 
         def on_progress(done: float, total: int, rate: float) -> None:

@@ -44,8 +44,9 @@ def preprocess(
     columns = [TextColumn("[bold]preprocess"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
                TextColumn("{task.fields[clips]} clips, {task.fields[rate]:.1f} clips/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err_console if as_json else console, transient=True,
-                  disable=not is_main_rank()) as bar:
+    shown = err_console if as_json else console
+    with Progress(*columns, console=shown, transient=True,
+                  disable=not (is_main_rank() and shown.is_terminal)) as bar:
         task = bar.add_task("files", total=None, clips=0, rate=0.0)
 
         def on_progress(s: PreprocessStatus) -> None:
