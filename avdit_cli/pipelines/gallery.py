@@ -129,10 +129,11 @@ def _metrics_section(metrics: dict[str, Any] | None) -> str:
                 "adds the table here.</p></section>")
     p = metrics.get("protocol", {})
     ref = metrics.get("reference") or {}
+    kind = "latent cache" if ref.get("kind") == "cache" else "video folder"
     caption = (f"{p.get('num_frames')} frames at {p.get('fps')} fps, {p.get('frame_size')} px, "
-               f"{p.get('sample_rate')} Hz audio; reference draw seed {p.get('seed')}; reference: "
-               + (f"{ref.get('kind')} {Path(str(ref.get('path', ''))).name}" if ref else "none"))
-    head = "<tr><th>metric</th><th>value</th><th>reference</th><th>gen / ref</th><th>protocol</th></tr>"
+               f"{p.get('sample_rate')} Hz audio; real clips drawn with seed {p.get('seed')} from "
+               + (f"{Path(str(ref.get('path', ''))).name}/ ({kind})" if ref else "nowhere (none given)"))
+    head = "<tr><th>metric</th><th>value</th><th>real clips</th><th>gen / ref</th><th>protocol</th></tr>"
     rows = []
     for name, m in (metrics.get("metrics") or {}).items():
         if m.get("status") != "ok":
@@ -221,11 +222,13 @@ h2 { font-size: 16px; margin: 28px 0 10px; }
 .card dt { color: var(--dim); }
 .card dd { margin: 0; overflow-wrap: anywhere; }
 .missing { color: var(--dim); font-size: 12px; margin: 0; }
-.sheet { max-width: 100%; image-rendering: pixelated; border: 1px solid var(--line); border-radius: 6px; }
+.sheet { width: 560px; max-width: 100%; image-rendering: pixelated; border: 1px solid var(--line);
+         border-radius: 6px; }
 table { border-collapse: collapse; background: var(--card); border: 1px solid var(--line); }
 caption { text-align: left; color: var(--dim); padding: 0 0 6px; }
 th, td { padding: 6px 12px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td:first-child { white-space: nowrap; }
 tr.skipped td { color: var(--dim); }
 .warn { color: var(--accent); font-size: 12px; max-width: 32em; text-align: left; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
