@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avdit_cli.cli.common import SetOption, cli_errors, console, err_console
+from avdit_cli.cli.common import SetOption, cli_errors, console, err_console, print_json
 from avdit_cli.config import METRICS
 from avdit_cli.pipelines.evaluate import EvalStatus, evaluate, resolve_config, skipped_summary
 
@@ -65,7 +65,7 @@ def eval_cmd(
                           progress=on_progress)
     report = result.report
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        print_json(report)
         return
     notes = _print_table(report)
     for note in notes:
