@@ -100,7 +100,7 @@ def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int) 
 @torch.no_grad()
 def diagnose_backbone(path: Path, cfg: Config, n: int) -> dict[str, Any]:
     """n x f single images from the frozen image backbone alone, with the run's sampler; scored as frames."""
-    dit, _ = DiT.from_pretrained(path)
+    dit = DiT.from_pretrained(path)
     dit.eval()
     codecs = build_codecs(cfg, "cpu")
     diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)

@@ -70,9 +70,23 @@ def test_the_shipped_tiny_backbone_loads_and_fits_the_tiny_preset() -> None:
     cfg = load_preset("tiny")
     assert shipped_backbone(cfg) == SHIPPED_BACKBONE
     assert shipped_backbone(load_preset("tiny", ["model.depth=2"])) is None  # another size: the demo pretrains
-    dit, report = DiT.from_pretrained(SHIPPED_BACKBONE)
+    dit, report = DiT.from_pretrained(SHIPPED_BACKBONE, output_loading_info=True)
     assert report.format == "diffusers-safetensors"
     model = AVDiT.from_config(cfg, backbone=dit)
     assert sum(p.numel() for p in model.backbone.parameters()) == 330_136
     provenance = json.loads((SHIPPED_BACKBONE / "provenance.json").read_text())
     assert any("--pretrain" in step for step in provenance["made_with"])
+
+
+def test_demo_cli_json_is_demo_json_and_stdout_holds_nothing_else(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "-o", str(out), "--clips", "2", "--steps", "1", "-n", "1",
+                                      "--set", "sample.steps=2", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)  # the step lines went to stderr
+    assert "1/6" in result.stderr and "1/6" not in result.stdout
+    saved = json.loads((out / "demo.json").read_text())
+    assert set(printed) == set(saved) >= {"options", "out_dir", "scores", "samples_dir", "contact_sheet", "seconds",
+                                          "final_loss", "eval_metrics"}
+    assert printed["options"] == saved["options"] and printed["scores"][0]["name"] == "real"
+    assert printed["eval_metrics"]["av-align"]["status"] == "ok"

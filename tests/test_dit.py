@@ -133,7 +133,8 @@ def test_port_parity_with_diffusers(reference, fmt: str) -> None:
     expected = _diffusers_out(model, x, t, y)
     assert expected.shape == (3, 8, 8, 8)  # diffusers returns (N, out_channels, H, W)
     # An original checkpoint has no config: the head count of a size outside DIT_SIZES must be given.
-    ours, report = DiT.from_pretrained(paths[fmt], num_heads=2 if fmt in ("pt", "ema") else None)
+    ours, report = DiT.from_pretrained(paths[fmt], num_heads=2 if fmt in ("pt", "ema") else None,
+                                       output_loading_info=True)
     assert (ours.input_size, ours.depth, ours.num_heads, ours.hidden_size, ours.num_classes) == (8, 2, 2, 32, 10)
     with torch.no_grad():
         got = ours(x, t, y)
@@ -156,7 +157,8 @@ def test_original_checkpoint_with_old_attention_spelling(reference, tmp_path: Pa
     folder.mkdir()
     torch.save(old, folder / "diffusion_pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps(dict(model.config)))
-    ours, _ = DiT.from_pretrained(folder)
+    ours = DiT.from_pretrained(folder)
+    assert isinstance(ours, DiT)  # the model alone, as every Hugging Face from_pretrained returns
     x, t, y = _inputs()
     with torch.no_grad():
         assert rel_err(ours(x, t, y), _diffusers_out(model, x, t, y)) <= 1e-5
@@ -175,7 +177,7 @@ def test_hub_style_transformer2dmodel_config(reference, tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "diffusion_pytorch_model.bin").write_bytes((src / "diffusion_pytorch_model.bin").read_bytes())
-    ours, report = DiT.from_pretrained(tmp_path / "hub")
+    ours, report = DiT.from_pretrained(tmp_path / "hub", output_loading_info=True)
     assert report.format == "diffusers-bin"
     x, t, y = _inputs()
     with torch.no_grad():
@@ -188,13 +190,14 @@ def test_hub_style_transformer2dmodel_config(reference, tmp_path: Path) -> None:
 
 def test_device_dtype_report_and_trainability(reference) -> None:
     _, paths = reference
-    ours, report = DiT.from_pretrained(paths["pt"], map_location="cpu", dtype=torch.bfloat16, num_heads=2)
+    ours, report = DiT.from_pretrained(paths["pt"], map_location="cpu", dtype=torch.bfloat16, num_heads=2,
+                                       output_loading_info=True)
     assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in ours.parameters())
     assert ours.pos_embed.dtype == torch.bfloat16 and not ours.pos_embed.is_meta
     assert all(p.requires_grad for p in ours.parameters())  # pretrain mode trains the loaded DiT
     digest = hashlib.sha256(paths["pt"].read_bytes()).hexdigest()
     assert report.sha256() == digest == sha256_file(paths["pt"])
-    ours, _ = DiT.from_pretrained(paths["pt"], device="cpu", dtype=torch.float64, num_heads=2)
+    ours = DiT.from_pretrained(paths["pt"], device="cpu", dtype=torch.float64, num_heads=2)
     with torch.no_grad():
         assert ours(*[v.double() if v.is_floating_point() else v for v in _inputs()]).dtype == torch.float64
 
@@ -204,12 +207,12 @@ def test_save_pretrained_round_trip_and_diffusers_reads_it(reference, tmp_path: 
     from diffusers import DiTTransformer2DModel
 
     _, paths = reference
-    ours, _ = DiT.from_pretrained(paths["pt"], num_heads=2)
+    ours = DiT.from_pretrained(paths["pt"], num_heads=2)
     out = ours.save_pretrained(tmp_path / "saved")
     config = json.loads((out / "config.json").read_text())
     assert config["_class_name"] == "DiTTransformer2DModel"
     assert {k: config[k] for k in TINY_DIFFUSERS} == TINY_DIFFUSERS
-    again, report = DiT.from_pretrained(out)
+    again, report = DiT.from_pretrained(out, output_loading_info=True)
     assert report.format == "diffusers-safetensors"
     x, t, y = _inputs()
     with torch.no_grad():
@@ -286,5 +289,5 @@ def test_missing_files_and_sizes_are_weights_errors(reference, tmp_path: Path) -
         DiT.from_pretrained(tmp_path / "nopos.pt", num_heads=2)
     with pytest.raises(WeightsError, match="num_heads"):  # hidden 32, depth 2: not a paper size
         DiT.from_pretrained(tmp_path / "nopos.pt", input_size=8)
-    ours, _ = DiT.from_pretrained(tmp_path / "nopos.pt", input_size=8, num_heads=2)
+    ours = DiT.from_pretrained(tmp_path / "nopos.pt", input_size=8, num_heads=2)
     assert (ours.input_size, ours.num_heads) == (8, 2)

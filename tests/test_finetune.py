@@ -99,7 +99,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 # ---- pretrain mode ---------------------------------------------------------------------------------------
 def test_pretrain_writes_a_loadable_backbone(env: Env) -> None:
-    model, report = DiT.from_pretrained(env.backbone)
+    model, report = DiT.from_pretrained(env.backbone, output_loading_info=True)
     assert report.format.startswith("diffusers")
     assert (model.hidden_size, model.depth, model.in_channels, model.input_size) == (64, 2, 3, 16)
     ckpt = load_checkpoint(env.pretrain.run_dir)
@@ -175,7 +175,7 @@ def test_checkpoint_holds_only_trained_tensors_and_reloads(env: Env, full: Finet
     assert Path(ref["path"]) == env.backbone.resolve()
     assert ckpt.config == env.cfg(f"train.steps={N_STEPS}")
 
-    backbone, _ = DiT.from_pretrained(env.backbone)
+    backbone = DiT.from_pretrained(env.backbone)
     fresh = AVDiT.from_config(ckpt.config, backbone=backbone, generator=torch.Generator().manual_seed(7)).eval()
     fresh.load_adapter_state_dict(ckpt.model)
     model.eval()

@@ -56,7 +56,7 @@ def make_run(root: Path, overrides: dict | None = None, mode: str = "finetune", 
         for p in dit.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     folder = dit.save_pretrained(root / "backbone")
-    backbone, report = DiT.from_pretrained(folder)
+    backbone, report = DiT.from_pretrained(folder, output_loading_info=True)
     model = AVDiT.from_config(cfg, backbone=backbone, generator=g)
     with torch.no_grad():  # off the adapters' zero init: temporal attention, audio final layer, gates
         for _, p in model.adapter_named_parameters():
@@ -283,8 +283,9 @@ def test_refuses_a_non_empty_folder_and_overwrite_replaces(tiny: tuple[Path, Con
         gen(tiny[0], out, num=1, steps=1)
     assert (out / "sample_00009.mp4").read_bytes() == b"old clip"
     res = gen(tiny[0], out, num=1, steps=1, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "latents.safetensors", "notes.txt",
-                                                     "sample_00000.mp4", "samples.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "index.html", "latents.safetensors",
+                                                     "notes.txt", "sample_00000.mel.png", "sample_00000.mp4",
+                                                     "samples.json"]
     assert res.files == [out / "sample_00000.mp4"]
 
 

@@ -142,6 +142,15 @@ def test_rerun_reuses_and_never_duplicates(mixed: Path, mixed_cache: Path) -> No
     summary = preprocess(TINY, mixed, mixed_cache, workers=0)
     assert summary.shards_reused == 1 and summary.clips == 4
     assert (mixed_cache / "manifest.json").read_text() == before
+    # The same rerun through the CLI, as JSON for scripts: the summary's fields, nothing else on stdout.
+    result = cli(str(mixed), "-o", str(mixed_cache), "-p", "tiny", "-j", "0", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"cache_dir", "files_seen", "clips", "skipped_by_reason", "hours", "cache_bytes",
+                         "shards_reused", "seconds", "skipped_jsonl"}
+    assert data["cache_dir"] == str(mixed_cache) and data["clips"] == 4 and data["shards_reused"] == 1
+    assert data["skipped_by_reason"] == {r: list(BAD.values()).count(r) for r in set(BAD.values())}
+    assert (mixed_cache / "manifest.json").read_text() == before
 
 
 def test_a_limited_run_then_a_full_run_equals_a_full_run(mixed: Path, mixed_cache: Path, tmp_path: Path) -> None:

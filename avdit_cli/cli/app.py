@@ -14,11 +14,14 @@ from avdit_cli.cli.eval import eval_cmd
 from avdit_cli.cli.export import export
 from avdit_cli.cli.finetune import finetune
 from avdit_cli.cli.generate import generate
+from avdit_cli.cli.help import AvditCommand, AvditGroup
 from avdit_cli.cli.info import info
 from avdit_cli.cli.preprocess import preprocess
+from avdit_cli.cli.push import push
 
 app = typer.Typer(
     name="avdit",
+    cls=AvditGroup,
     help="AV-DiT: joint audio-video generation with a frozen image DiT and small trainable adapters.",
     no_args_is_help=True,
     add_completion=False,
@@ -45,14 +48,15 @@ def root(
 
 
 # Commands arrive with the issue that makes them work; `--help` never lists one that does not.
-app.command()(info)
-app.command()(download)
-app.command()(preprocess)
-app.command()(finetune)
-app.command()(generate)
-app.command("eval")(eval_cmd)
-app.command()(demo)
-app.command()(export)
+app.command(cls=AvditCommand)(info)
+app.command(cls=AvditCommand)(download)
+app.command(cls=AvditCommand)(preprocess)
+app.command(cls=AvditCommand)(finetune)
+app.command(cls=AvditCommand)(generate)
+app.command("eval", cls=AvditCommand)(eval_cmd)
+app.command(cls=AvditCommand)(demo)
+app.command(cls=AvditCommand)(push)
+app.command(cls=AvditCommand)(export)
 
 
 def main() -> None:

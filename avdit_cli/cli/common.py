@@ -1,18 +1,51 @@
-"""What every command shares: one-line errors, --debug, a console, and the options' types."""
+"""What every command shares: one-line errors, --debug, the consoles, --json, and the options' types."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import math
 import os
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from avdit_cli.errors import AvditError
 
-console = Console()
-err_console = Console(stderr=True)
+# Wide enough for any table row or log line a command prints; Rich sizes a table to its content, not to this.
+UNWRAPPED_WIDTH = 100_000
+
+
+class PipeFriendlyConsole(Console):
+    """A Rich console that neither wraps nor folds when its stream is not a terminal (a pipe, a file, a test
+    runner). Rich lays out for 80 columns when it cannot ask a terminal, so `avdit download --check | cat`
+    split a repo id over three table lines and a long log line over two; piped, every table row and every
+    line is printed whole, so repo ids, file names and paths survive `grep`, `cut` and copy-paste.
+    In a terminal nothing changes. A COLUMNS variable (CI systems set one) does not narrow piped output; an
+    explicit ``width=`` does."""
+
+    def __init__(self, *args: Any, width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, width=width, **kwargs)
+        self._explicit_width = width
+
+    @property  # type: ignore[override]
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self.is_terminal or self._explicit_width is not None:
+            return size
+        return ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+console = PipeFriendlyConsole()
+err_console = PipeFriendlyConsole(stderr=True)
+JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of the table (schema in README).")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,3 +86,22 @@ def is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def plain(obj: Any) -> Any:
+    """Dataclasses, paths, tuples and dicts as JSON-ready data; NaN and infinities become null (JSON has no
+    spelling for them, and `jq` or a browser refuses Python's `NaN`)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """One JSON document on stdout (whatever else a command says goes to stderr when it prints JSON)."""
+    typer.echo(json.dumps(plain(obj), indent=2, allow_nan=False))

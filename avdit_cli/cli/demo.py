@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -9,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from avdit_cli.cli.common import cli_errors, console
+from avdit_cli.cli.common import JsonOption, cli_errors, console, err_console, print_json
 from avdit_cli.pipelines.demo import DemoOptions, demo as run_demo
 
 
@@ -43,6 +44,7 @@ def demo(
     seconds: float = typer.Option(DemoOptions.seconds, "--seconds", min=1.6, help="Length of each synthetic file."),
     data_only: bool = typer.Option(False, "--data-only", help="Only make the synthetic dataset (OUT/data), "
                                    "e.g. to preprocess and train on it with the other commands."),
+    as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of the table (steps go to stderr)."),
 ) -> None:
     """Run the whole pipeline (data, preprocess, backbone, finetune, generate, scores) on a CPU."""
     if num is None:
@@ -50,9 +52,13 @@ def demo(
     opts = DemoOptions(out_dir=out, clips=clips, steps=steps, pretrain_steps=pretrain_steps, generate=num,
                        joint=not no_joint, seed=seed, overrides=tuple(set_ or ()), seconds=seconds,
                        data_only=data_only, pretrained=pretrained)
-    result = run_demo(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True))
+    say = err_console if as_json else console  # with --json, stdout holds the JSON only
+    result = run_demo(opts, log=lambda msg: say.print(msg, highlight=False))
+    if as_json:
+        print_json(json.loads((result.out_dir / "demo.json").read_text()))
+        return
     if data_only:
-        console.print(f"data: {result.out_dir / 'data'}", soft_wrap=True)
+        console.print(f"data: {result.out_dir / 'data'}")
         return
     what = "shipped model" if pretrained else f"{steps} steps"
     table = Table(title=f"avdit demo ({'joint block on' if opts.joint else 'no joint block'}, {what})",
@@ -77,4 +83,6 @@ def demo(
     console.print(f"clips: {result.samples_dir}/sample_*.mp4")
     if result.contact_sheet:
         console.print(f"contact sheet: {result.contact_sheet}")
+    if (result.samples_dir / "index.html").is_file():
+        console.print(f"gallery: {result.samples_dir / 'index.html'} (open it in a browser)")
     console.print(f"everything: {result.out_dir}/demo.json")

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avdit_cli.cli.common import SetOption, cli_errors, console, err_console
+from avdit_cli.cli.common import SetOption, cli_errors, console, err_console, print_json
 from avdit_cli.config import METRICS
 from avdit_cli.pipelines.eval_protocols import ProtocolName, get_protocol
 from avdit_cli.pipelines.evaluate import EvalStatus, evaluate, resolve_config, skipped_summary
@@ -62,7 +62,8 @@ def eval_cmd(
 
     columns = [TextColumn("[bold]eval {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
-    with Progress(*columns, console=err_console, transient=True, disable=as_json) as bar:
+    shown = not as_json and err_console.is_terminal
+    with Progress(*columns, console=err_console, transient=True, disable=not shown) as bar:
         tasks: dict[str, Any] = {}
 
         def on_progress(s: EvalStatus) -> None:
@@ -74,7 +75,7 @@ def eval_cmd(
                           audioclip=audioclip, config_source=source, progress=on_progress)
     report = result.report
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        print_json(report)
         return
     notes = _print_table(report)
     for note in notes:

@@ -46,7 +46,7 @@ def finetune(
     columns = [TextColumn("[bold]finetune"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} clips/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=not main, transient=True) as bar:
+    with Progress(*columns, console=console, disable=not (main and console.is_terminal), transient=True) as bar:
         task = bar.add_task("steps", total=cfg.train.steps, completed=start, loss=float("nan"), rate=0.0)
 
         def on_step(info: StepInfo) -> None:

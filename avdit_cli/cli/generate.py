@@ -11,16 +11,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from avdit_cli.cli.common import cli_errors, console, is_main_rank
 from avdit_cli.config import Sampler
 from avdit_cli.pipelines.generate import GenerateOptions, generate as run_generate
+from avdit_cli.pipelines.hub_run import HF_SCHEME
 
 
 @cli_errors
 def generate(
     num: int = typer.Option(16, "--num", "-n", min=1, help="How many clips."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Folder for sample_*.mp4, samples.json, contact sheet."),
-    run: Optional[Path] = typer.Option(
-        None, "--run", "--checkpoint",
-        help="Run or checkpoint folder (default: latest run). Under torchrun spell it --checkpoint (torchrun "
-             "reads --run as an abbreviation of its own --run-path)."),
+    run: Optional[str] = typer.Option(
+        None, "--run", "--checkpoint", metavar="PATH|hf://REPO",
+        help="Run or checkpoint folder (default: latest run), or hf://ORG/NAME(@REVISION): adapters pushed "
+             "by `avdit push`. Under torchrun spell it --checkpoint (torchrun reads --run as an abbreviation of "
+             "its own --run-path)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
     sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="Sampler (default: the run's sample.sampler)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the run's)."),
@@ -37,13 +39,16 @@ def generate(
     save_latents: bool = typer.Option(False, "--save-latents", help="Also write latents.safetensors (sample order)."),
 ) -> None:
     """Sample clips with sound from a fine-tuned run and write them as mp4 files."""
-    opts = GenerateOptions(out_dir=out, num=num, checkpoint=run, ema=ema, sampler=sampler, steps=steps, eta=eta,
+    # Kept as text for hf:// (a Path would fold its "//").
+    checkpoint = run if run is None or run.startswith(HF_SCHEME) else Path(run)
+    opts = GenerateOptions(out_dir=out, num=num, checkpoint=checkpoint, ema=ema, sampler=sampler, steps=steps, eta=eta,
                            cfg_scale=cfg_scale, class_id=class_id, seed=seed, batch_size=batch_size, device=device,
                            audio_from=audio_from, video_from=video_from, overwrite=overwrite,
                            save_latents=save_latents)
     columns = [TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.fields[clips]}/{task.total} clips"),
                TextColumn("{task.fields[rate]:.1f} steps/s"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True, disable=not is_main_rank()) as bar:
+    shown = is_main_rank() and console.is_terminal  # piped: no bar (it would leave blank lines)
+    with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
         task = bar.add_task("clips", total=num, rate=0.0, clips=0)
 
         def on_progress(done: float, total: int, rate: float) -> None:
@@ -56,3 +61,5 @@ def generate(
                       f"decode+write {result.decode_seconds:.1f} s) -> {result.out_dir}")
         if result.contact_sheet:
             console.print(f"contact sheet: {result.contact_sheet}")
+        if result.gallery:
+            console.print(f"gallery: {result.gallery} (open it in a browser)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import List, Optional
 
@@ -9,7 +10,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from avdit_cli.cli.common import PresetOption, SetOption, cli_errors, console, is_main_rank
+from avdit_cli.cli.common import (JsonOption, PresetOption, SetOption, cli_errors, console, err_console, is_main_rank,
+                                  print_json)
 from avdit_cli.config import load_preset
 from avdit_cli.pipelines.preprocess import PreprocessStatus, preprocess as run_preprocess
 
@@ -27,6 +29,7 @@ def preprocess(
                                            help="Seconds between clip starts (default: the clip length)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N files."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad file instead of skipping it."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Decode and cut every video into clips and cache their video and audio latents (resumable).
 
@@ -41,7 +44,9 @@ def preprocess(
     columns = [TextColumn("[bold]preprocess"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
                TextColumn("{task.fields[clips]} clips, {task.fields[rate]:.1f} clips/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True, disable=not is_main_rank()) as bar:
+    shown = err_console if as_json else console
+    with Progress(*columns, console=shown, transient=True,
+                  disable=not (is_main_rank() and shown.is_terminal)) as bar:
         task = bar.add_task("files", total=None, clips=0, rate=0.0)
 
         def on_progress(s: PreprocessStatus) -> None:
@@ -50,6 +55,9 @@ def preprocess(
         summary = run_preprocess(cfg, data_dir, out, workers=workers, batch_size=batch_size, device=device,
                                  limit=limit, strict=strict, progress=on_progress)
     if not is_main_rank():
+        return
+    if as_json:
+        print_json({**dataclasses.asdict(summary), "skipped_jsonl": str(summary.cache_dir / "skipped.jsonl")})
         return
     table = Table(title="preprocess", show_header=False, title_justify="left")
     table.add_column(style="bold")

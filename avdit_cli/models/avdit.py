@@ -37,7 +37,7 @@ class AVDiT(nn.Module):
 
     ``video_shape`` is (f, c, h, w) of one clip's latents (f: the most frames a learned temporal position
     embedding supports), ``audio_shape`` is (c_a, T_a, M_a). Without a backbone a randomly initialised DiT of
-    the config's sizes is built (for tests and parameter counts); normally pass ``DiT.from_pretrained(...)[0]``.
+    the config's sizes is built (for tests and parameter counts); normally pass ``DiT.from_pretrained(...)``.
     """
 
     def __init__(

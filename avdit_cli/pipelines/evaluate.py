@@ -58,6 +58,7 @@ from avdit_cli.paths import default_cache_dir
 from avdit_cli.pipelines import eval_mmdiffusion as mmd
 from avdit_cli.pipelines.distributed import resolve_device
 from avdit_cli.pipelines.eval_protocols import AVDIT, MM_DIFFUSION, EvalProtocol, get_protocol
+from avdit_cli.pipelines.gallery import refresh_gallery
 from avdit_cli.pipelines.info import package_versions
 
 SAMPLES_JSON = "samples.json"
@@ -674,6 +675,7 @@ def _write_report(gen_dir: Path, report: dict[str, Any], write: bool) -> EvalRes
     if write:
         path = gen_dir / METRICS_JSON
         atomic_write_json(path, report)
+        refresh_gallery(gen_dir)  # index.html of a generate folder shows the new numbers
     return EvalResult(report, path)
 
 

@@ -144,7 +144,7 @@ def load_backbone(cfg: Config, device: torch.device) -> tuple[DiT, dict[str, Any
     path = Path(cfg.model.backbone_path) if cfg.model.backbone_path else backbone_path(cfg)
     if not path.exists():
         raise WeightsError(f"no backbone at {path}; run `avdit download` or set model.backbone_path")
-    backbone, report = DiT.from_pretrained(path, device=device)
+    backbone, report = DiT.from_pretrained(path, device=device, output_loading_info=True)
     m = cfg.model
     expect = {"hidden_size": m.hidden_size, "depth": m.depth, "patch_size": m.patch_size}
     got = {k: report.arch[k] for k in expect}

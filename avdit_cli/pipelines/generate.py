@@ -17,7 +17,8 @@ Class-conditional runs (``model.trainable_class_table``) sample class ``--class`
 
 Outputs in ``out_dir``: ``sample_00000.mp4`` ... (H.264 yuv420p + AAC mono, exactly ``num_frames / fps``
 seconds), ``samples.json`` (the run, checkpoint sha256, sampler settings, and per file its seed and timing),
-``contact_sheet.png`` (frames over the mel of the first 16 clips) and, with ``save_latents``,
+``contact_sheet.png`` (frames over the mel of the first 16 clips), ``sample_NNNNN.mel.png`` (each clip's mel
+picture) and ``index.html`` (a gallery of them all: ``gallery.py``) and, with ``save_latents``,
 ``latents.safetensors`` (``video`` (n, f, c, h, w) and ``audio`` (n, c, T, M), float32, in sample order).
 """
 
@@ -42,21 +43,23 @@ from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models import AVDiT, DiT
+from avdit_cli.pipelines import gallery
 from avdit_cli.pipelines.distributed import dist_context, resolve_device
+from avdit_cli.pipelines.hub_run import is_hub_ref, open_hub_run
 from avdit_cli.pipelines.preprocess import encode_clips
-from avdit_cli.pipelines.runs import Checkpoint, TENSORS, backbone_reference, load_checkpoint
+from avdit_cli.pipelines.runs import Checkpoint, backbone_reference, load_checkpoint
 
 CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) and (b, c, T, M)
 SHEET_CLIPS = 16  # clips shown on the contact sheet
 VOCODER_SEED = 0  # Griffin-Lim's initial phase: fixed, so a clip's audio depends on its latents only
-OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.json")
+OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.json", gallery.INDEX)
 
 
 @dataclass
 class GenerateOptions:
     out_dir: Path
     num: int = 16
-    checkpoint: Path | None = None  # a run or checkpoint folder; None: the latest run
+    checkpoint: Path | str | None = None  # a run or checkpoint folder, or "hf://NAME[@REV]"; None: the latest run
     ema: bool = True
     sampler: Sampler | None = None  # None: the run's sample.* settings
     steps: int | None = None
@@ -70,6 +73,7 @@ class GenerateOptions:
     video_from: Path | None = None
     overwrite: bool = False
     contact_sheet: bool = True
+    gallery: bool = True  # index.html and one mel picture per clip
     save_latents: bool = False  # also write latents.safetensors (and return them in the result)
 
 
@@ -84,6 +88,7 @@ class GenerateResult:
     contact_sheet: Path | None
     records: list[dict[str, Any]] = field(default_factory=list)
     latents: dict[str, torch.Tensor] | None = None  # with save_latents: video (n, f, c, h, w), audio (n, c, T, M)
+    gallery: Path | None = None  # index.html
 
 
 # (clips done by this process - fractional inside a batch, clips this process draws, denoiser steps per second)
@@ -93,8 +98,11 @@ Progress = Callable[[float, int, float], None]
 # ----------------------------------------------------------------------------------------------------------
 # The run: checkpoint, config, model
 # ----------------------------------------------------------------------------------------------------------
-def open_checkpoint(path: Path | None) -> Checkpoint:
-    """The checkpoint of a run folder, a checkpoint folder, or (None) the latest run."""
+def open_checkpoint(path: Path | str | None, ema: bool = True) -> Checkpoint:
+    """The checkpoint of a run folder, a checkpoint folder, adapters on the Hub (``hf://NAME[@REV]``, pulled
+    into the HF cache and checked: hub_run.py) or (None) the latest run."""
+    if is_hub_ref(path):
+        return open_hub_run(str(path), ema=ema)
     if path is not None and not Path(path).exists():
         raise TrainingError(f"{path} does not exist; give a run folder (or one of its checkpoints) made by "
                             "`avdit finetune`")
@@ -115,7 +123,7 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
         from avdit_cli.hub import backbone_path
 
         path = backbone_path(cfg)
-    backbone, report = DiT.from_pretrained(path, device=device)
+    backbone, report = DiT.from_pretrained(path, device=device, output_loading_info=True)
     if want and report.sha256() != want:
         raise WeightsError(f"the backbone at {path} is not the one this run was trained on (sha256 "
                            f"{report.sha256()[:12]} vs {want[:12]}); point model.backbone_path at the right one")
@@ -161,7 +169,8 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 def clear_out_dir(out_dir: Path) -> None:
     """Remove what an earlier generate wrote there (other files stay), and make the folder."""
     if out_dir.is_dir():
-        for old in [*out_dir.glob("sample_*.mp4"), *(out_dir / name for name in OUTPUTS)]:
+        for old in [*out_dir.glob("sample_*.mp4"), *out_dir.glob(f"sample_*{gallery.MEL_SUFFIX}"),
+                    *(out_dir / name for name in OUTPUTS)]:
             old.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -245,7 +254,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         raise ConfigError(f"-n: got {opts.num}, expected at least 1 clip")
     if opts.audio_from and opts.video_from:
         raise ConfigError("--audio-from and --video-from exclude each other: give one modality to condition on")
-    ckpt = open_checkpoint(opts.checkpoint)
+    ckpt = open_checkpoint(opts.checkpoint, ema=opts.ema)
     cfg = resolve_config(ckpt, opts)
     s = cfg.sample
     class_conditional = cfg.model.trainable_class_table and cfg.model.num_classes > 0
@@ -325,6 +334,9 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             write_mp4(opts.out_dir / f"sample_{i:05d}.mp4", frames[j], waves[j], cfg.data.fps, cfg.data.sample_rate)
             if opts.contact_sheet and i < SHEET_CLIPS:
                 sheet_rows[i] = contact_row(frames[j], waves[j], codecs)
+            if opts.gallery:
+                gallery.write_mel_picture(opts.out_dir / gallery.mel_picture_name(f"sample_{i:05d}.mp4"),
+                                          mel_image(waves[j], codecs))
             if opts.save_latents:
                 kept[i] = (latents["video"][j].float().cpu(), latents["audio"][j].float().cpu())
         t2 = time.perf_counter()
@@ -347,13 +359,13 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         order = sorted(gathered)
         latents_all = {"video": torch.stack([gathered[i][0] for i in order]),
                        "audio": torch.stack([gathered[i][1] for i in order])}
-    samples_json = sheet = None
+    samples_json = sheet = page = None
     if ctx.is_main:
         samples_json = opts.out_dir / "samples.json"
         run = {
-            "run": str(ckpt.path.parent.parent.resolve()),
+            "run": ckpt.run_label,
             "checkpoint": str(ckpt.path.resolve()),
-            "checkpoint_sha256": sha256_file(ckpt.path / TENSORS),
+            "checkpoint_sha256": sha256_file(ckpt.tensors_file),
             "step": ckpt.step,
             "weights": "ema" if opts.ema else "raw",
             "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta, "clip_denoised": s.clip_denoised,
@@ -379,7 +391,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         if latents_all is not None:
             atomic_save_tensors(opts.out_dir / "latents.safetensors", latents_all,
                                 metadata={"seed": str(s.seed), "num": str(opts.num)})
+        page = gallery.write_gallery(opts.out_dir) if opts.gallery else None
     ctx.barrier()
     files = [opts.out_dir / r["file"] for r in all_records]
     return GenerateResult(opts.out_dir, files, time.perf_counter() - started, denoise_s, decode_s,
-                          samples_json, sheet, all_records, latents_all)
+                          samples_json, sheet, all_records, latents_all, page if ctx.is_main else None)

@@ -133,6 +133,9 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
     optim: dict[str, torch.Tensor]
+    # Set for adapters pulled from the Hub (hub_run.py): where they came from ("hf://NAME@COMMIT") and their file.
+    source: str | None = None
+    weights_file: Path | None = None
 
     @property
     def step(self) -> int:
@@ -145,6 +148,16 @@ class Checkpoint:
     @property
     def run_dir(self) -> Path:
         return self.path.parent.parent
+
+    @property
+    def run_label(self) -> str:
+        """What samples.json records as the run: its folder, or the Hub reference it was pulled from."""
+        return self.source or str(self.run_dir.resolve())
+
+    @property
+    def tensors_file(self) -> Path:
+        """The safetensors file the weights were read from (hashed into samples.json)."""
+        return self.weights_file or self.path / TENSORS
 
 
 def save_checkpoint(run_dir: Path, step: int, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
@@ -225,7 +238,7 @@ def export_checkpoint(src: Path | None, out: Path, backbone: Path | None = None,
     state.pop("optimizer", None)
     ref = dict(state.get("backbone") or {})
     if backbone is not None:
-        _, report = DiT.from_pretrained(backbone)
+        _, report = DiT.from_pretrained(backbone, output_loading_info=True)
         if ref.get("sha256") and report.sha256() != ref["sha256"]:
             raise WeightsError(f"{backbone} is not the backbone {ckpt.path} was trained on (sha256 "
                                f"{report.sha256()[:12]} vs {ref['sha256'][:12]})")
