@@ -265,7 +265,7 @@ def make_random_run(root: Path, cfg: Config, seed: int = 0, device: torch.device
     """``root/backbone`` (a random DiT in the diffusers layout) and ``root/run`` (random adapters in the layout
     finetune writes, one checkpoint): what ``avdit generate`` reads. Returns the run folder."""
     from avdit_cli.fileio import sha256_file
-    from avdit_cli.models.dit import SAFETENSORS_NAME
+    from avdit_cli.models.dit_loading import SAFETENSORS_NAME
     from avdit_cli.pipelines.runs import save_checkpoint
 
     device = torch.device(device)
