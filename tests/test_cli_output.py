@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from avdit_cli.cli.app import app
 from avdit_cli.cli.help import conventional_type
-from avdit_cli.hub import WEIGHTS
+from avdit_cli.config import load_preset
+from avdit_cli.hub import entries_for, required_groups
 
 runner = CliRunner()
 DOWNLOAD_ROW_KEYS = {"key", "title", "group", "repo", "revision", "pinned", "commit", "size", "licence", "status",
@@ -104,9 +105,8 @@ def test_download_check_json_schema(empty_caches: Path) -> None:
 def _identifiers() -> list[str]:
     """What the --check table shows that must never be cut: repo ids, file paths, revisions."""
     out: list[str] = []
-    for e in WEIGHTS:
-        if e.key == "video-vae" and e.repo_id != "stabilityai/sd-vae-ft-ema":
-            continue  # the aist preset uses ft-EMA
+    cfg = load_preset("aist")
+    for e in entries_for(cfg, required_groups(cfg)):  # what `download --preset aist --check` lists
         out += [e.display_repo, e.revision, *(e.repo_path(f.name) for f in e.files)]
     return out
 
