@@ -38,7 +38,7 @@ def bench_decode(files: list[Path], workers: int, kind: str) -> tuple[int, float
             f.result()
         t1 = time.perf_counter()
         futures = [executor.submit(decode_file, str(p), cfg.data, cfg.data.stride_seconds) for p in files]
-        clips = sum(len(f.result()[0]) for f in futures)
+        clips = sum(len(f.result().clips) for f in futures)
         t2 = time.perf_counter()
     finally:
         executor.shutdown(wait=True)
