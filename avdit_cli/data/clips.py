@@ -6,7 +6,9 @@ nearest frame; a window's audio starts at ``start_frame / fps``. Every clip has 
 and exactly ``clip_samples`` samples. Flags (the names stored in the cache manifest):
 
 - ``audio-padded``: part of the window has no audio from the file: the audio ends inside it (zero-padded), or
-  starts after it begins (the silence the reader put in front, ``AudioTrack.lead``);
+  starts more than one frame (1 / fps) after it begins (the silence the reader put in front,
+  ``AudioTrack.lead``). Within one frame the sound still shares its frame with the picture, and audio that
+  starts a few tens of milliseconds late is common (encoder delay, ASF preroll): not worth a clip's audio;
 - ``audio-silent``: the file's audio track is silent as a whole: no sample reaches -60 dBFS
   (:func:`avdit_cli.data.mixdown.is_silent`), e.g. an all-zero or muted track. Every clip of such a file has
   the flag. A quiet window inside a track that has sound elsewhere is not flagged: that silence is real.
@@ -50,7 +52,8 @@ def cut_clips(frames: np.ndarray, audio: np.ndarray, data_cfg: DataConfig, strid
     """Cut (f, h, w, 3) frames at ``data_cfg.fps`` and mono audio at ``data_cfg.sample_rate`` into clips.
 
     ``stride_seconds`` overrides ``data_cfg.stride_seconds`` (None: non-overlapping). ``audio_lead``: how many
-    samples at the start of ``audio`` are silence put in front of a late audio stream (flagged like padding).
+    samples at the start of ``audio`` are silence put in front of a late audio stream (flagged like padding
+    where a window holds more than one frame of it).
     Raises ``too-short`` when not even one clip fits in the frames. ``source`` only names the input in that error.
     """
     f_clip, n_clip = data_cfg.num_frames, data_cfg.clip_samples
@@ -59,6 +62,7 @@ def cut_clips(frames: np.ndarray, audio: np.ndarray, data_cfg: DataConfig, strid
                          f"{len(frames) / data_cfg.fps:.2f} s of video, a clip needs {data_cfg.clip_seconds:.2f} s")
     step = _stride_frames(data_cfg, stride_seconds)
     silent_track = is_silent(audio[audio_lead:])
+    frame_samples = data_cfg.sample_rate / data_cfg.fps
     clips: list[Clip] = []
     k = 0
     while (f0 := round(k * step)) + f_clip <= len(frames):
@@ -66,7 +70,7 @@ def cut_clips(frames: np.ndarray, audio: np.ndarray, data_cfg: DataConfig, strid
         a0 = round(f0 / data_cfg.fps * data_cfg.sample_rate)
         piece = np.asarray(audio[a0: a0 + n_clip], dtype=np.float32)
         flags: tuple[str, ...] = ()
-        if len(piece) < n_clip or a0 < audio_lead:
+        if len(piece) < n_clip or audio_lead - a0 > frame_samples:
             piece = np.pad(piece, (0, n_clip - len(piece)))
             flags += (AUDIO_PADDED,)
         if silent_track:
