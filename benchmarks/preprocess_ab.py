@@ -34,7 +34,8 @@ cfg = load_preset("tiny").data
 files = sorted(Path(sys.argv[2]).glob("*.mp4"))
 print("ready", flush=True)
 for _ in sys.stdin:
-    t, c0, s0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    c0, s0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     n = sum(len(load_clips(p, cfg)) for p in files)
     c1, s1 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     cpu = sum(b - a for a, b in ((c0.ru_utime, c1.ru_utime), (c0.ru_stime, c1.ru_stime),

@@ -16,7 +16,7 @@ from avdit_cli.pipelines.preprocess import PreprocessStatus, preprocess as run_p
 
 @cli_errors
 def preprocess(
-    data_dir: Path = typer.Argument(..., help="Folder of videos with sound (searched recursively; any format ffmpeg reads)."),
+    data_dir: Path = typer.Argument(..., help="Folder of videos with sound (recursive; any format ffmpeg reads)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache folder (default: where `finetune` looks for it)."),
     preset: str = PresetOption,
     set_: Optional[List[str]] = SetOption,
