@@ -375,7 +375,7 @@ def bench_decode(files: Sequence[Path], workers: int, kind: str, cfg: Config) ->
             f.result()
         t1 = time.perf_counter()
         futures = [executor.submit(decode_file, str(p), cfg.data, cfg.data.stride_seconds) for p in files]
-        clips = sum(len(f.result()[0]) for f in futures)
+        clips = sum(len(f.result().clips) for f in futures)  # DecodedFile
         t2 = time.perf_counter()
     finally:
         executor.shutdown(wait=True)

@@ -144,3 +144,60 @@ def make_text(path: Path) -> Path:
 def make_empty(path: Path) -> Path:
     path.write_bytes(b"")
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flash + beep events, as in issue 14's recipes: black frames that are white, and a 1 kHz beep (amplitude 0.5)
+# that sounds, during [0.4, 0.6) + k * 0.8 s of the file's timeline, so every 1.6 s clip holds two events.
+# ----------------------------------------------------------------------------------------------------------
+EVENT_FIRST, EVENT_PERIOD, EVENT_LENGTH, BEEP = 0.4, 0.8, 0.2, 0.5
+H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+
+
+def event_times(seconds: float, after: float = 0.0) -> list[float]:
+    """Start times (s) of the events in a file of `seconds`, those at or after `after` only."""
+    times = [EVENT_FIRST + k * EVENT_PERIOD for k in range(int(seconds / EVENT_PERIOD) + 1)]
+    return [round(t, 6) for t in times if after - 1e-6 <= t and t + EVENT_LENGTH <= seconds + 1e-6]
+
+
+def make_events(
+    path: Path,
+    seconds: float = 4.0,
+    fps: float = 30,
+    size: tuple[int, int] = (64, 48),
+    sample_rate: int = 48000,
+    audio_delay: float = 0.0,
+    gains: tuple[float, ...] = (1.0,),
+    video: tuple[str, ...] = H264,
+    audio: tuple[str, ...] = ("-c:a", "aac"),
+    out: tuple[str, ...] = (),
+    audio_gap: tuple[float, float] | None = None,
+) -> Path:
+    """Flash + beep events (see above) written with the given codec / muxer arguments.
+
+    audio_delay: the audio stream starts that many seconds after the video (as the issue's recipe: -itsoffset
+    and the audio before it cut away, so the beeps stay under their flashes). gains: one per audio channel,
+    each channel is the beep times its gain (2 channels: stereo, 6: 5.1, 9: no standard layout, ...).
+    audio_gap: (start, length): the audio frames in that span are dropped and the later ones keep their
+    timestamps, so the stream has a hole. out: extra output arguments (muxer options, -output_ts_offset).
+    """
+    w, h = size
+    flash = f"drawbox=w=iw:h=ih:color=white:t=fill:enable='lt(mod(t+0.4001\\,0.8)\\,0.2)'"
+    beep = f"if(lt(mod(t+0.4\\,0.8)\\,0.2)\\,{BEEP}*sin(2*PI*1000*t)\\,0)"
+    src = f"aevalsrc={beep}:s={sample_rate}:d={seconds}:n=480"
+    if audio_delay:  # cut inside the source, before -itsoffset moves the rest to where it belongs
+        src += f",atrim=start={audio_delay},asetpts=PTS-STARTPTS"
+    chain = "[1:a]anull"
+    if audio_gap is not None:
+        chain += f",aselect='not(between(t\\,{audio_gap[0]}\\,{audio_gap[0] + audio_gap[1]}))'"
+    n = len(gains)
+    if n == 1:
+        chain += f",volume={gains[0]}[a]"
+    else:
+        split = "".join(f"[s{i}]" for i in range(n))
+        scaled = "".join(f";[s{i}]volume={g}[g{i}]" for i, g in enumerate(gains))
+        chain += f",asplit={n}{split}{scaled};" + "".join(f"[g{i}]" for i in range(n)) + f"amerge=inputs={n}[a]"
+    ffmpeg("-f", "lavfi", "-i", f"color=black:s={w}x{h}:r={fps}:d={seconds},{flash}",
+           *(["-itsoffset", str(audio_delay)] if audio_delay else []), "-f", "lavfi", "-i", src,
+           "-filter_complex", chain, "-map", "0:v", "-map", "[a]", *video, *audio, *out, str(path))
+    return path

@@ -12,6 +12,7 @@ from avdit_cli.data.cache import (
     CacheHeader,
     LatentCache,
     check_or_write_header,
+    extension,
     find_videos,
     merge_manifest,
     plan_shards,
@@ -84,6 +85,17 @@ def test_other_config_is_refused(tmp_path: Path) -> None:
         LatentCache(tmp_path, expect={"config_hash": "zzz"})
 
 
+def test_a_cache_of_an_older_reader_is_refused(tmp_path: Path) -> None:
+    """Clips read before issue 14 (late audio shifted, first audio track) must not be mixed with new ones."""
+    header = CacheHeader(config_hash="abc", data={}, codecs={"video": "pixels"}, data_dir="/x")
+    old = {k: v for k, v in header.to_dict().items() if k != "reader"}  # what the former version wrote
+    atomic_write_json(tmp_path / "header.json", old)
+    with pytest.raises(DataError, match="older avdit.*reader 1, now 2.*another -o folder"):
+        check_or_write_header(tmp_path, header)
+    atomic_write_json(tmp_path / "header.json", header.to_dict())
+    check_or_write_header(tmp_path, header)  # the same reader: fine
+
+
 def test_missing_shard_and_missing_cache(tmp_path: Path) -> None:
     make_cache(tmp_path)
     assert shard_done(tmp_path, 1) and not shard_done(tmp_path, 2)
@@ -101,12 +113,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
 
 
 def test_planning_is_sorted_and_recursive(tmp_path: Path) -> None:
-    for rel in ["b/2.mp4", "a/1.MOV", "a/0.mkv", "c.txt", "z.webm"]:
+    """Every file is planned whatever its extension (probing decides); hidden ones and an excluded folder are not."""
+    for rel in ["b/2.mp4", "a/1.MOV", "a/0.mkv", "c.txt", "z.webm", "d/clip", ".DS_Store", "a/._0.mkv",
+                ".git/objects/x", "cache/shards/shard_00000.json"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    files = find_videos(tmp_path)
-    assert [p.relative_to(tmp_path).as_posix() for p in files] == ["a/0.mkv", "a/1.MOV", "b/2.mp4", "z.webm"]
-    assert [len(s) for s in plan_shards(files, 3)] == [3, 1]
+    files = find_videos(tmp_path, exclude=[tmp_path / "cache"])
+    assert [p.relative_to(tmp_path).as_posix() for p in files] == \
+        ["a/0.mkv", "a/1.MOV", "b/2.mp4", "c.txt", "d/clip", "z.webm"]
+    assert [len(s) for s in plan_shards(files, 4)] == [4, 2]
+    assert [extension(p) for p in files] == [".mkv", ".mov", ".mp4", ".txt", "(none)", ".webm"]
     with pytest.raises(DataError, match="not a folder"):
         find_videos(tmp_path / "c.txt")
 

@@ -112,8 +112,10 @@ def cli(*args: str) -> object:
 def test_every_input_gives_exact_clips(mixed: Path) -> None:
     """25 / 30 / 10 fps, landscape / portrait / odd sizes, 44.1 / 48 kHz stereo: 16 frames, 25,600 samples."""
     for name, n in GOOD.items():
-        clips, problem = decode_file(str(mixed / name), TINY.data, TINY.data.stride_seconds)  # as the workers do
-        assert problem is None and len(clips) == n, name
+        decoded = decode_file(str(mixed / name), TINY.data, TINY.data.stride_seconds)  # as the workers do
+        clips = decoded.clips
+        assert decoded.problem is None and len(clips) == n, name
+        assert decoded.streams == {"video": 0, "audio": 1}
         for clip in clips:
             assert clip.frames.shape == (16, 32, 32, 3) and clip.frames.dtype.name == "uint8"
             assert clip.audio.shape == (25_600,) and clip.audio.dtype.name == "float32"
@@ -344,3 +346,60 @@ def test_an_error_on_one_rank_stops_every_rank() -> None:
 
     with pytest.raises(DataError, match="refused"):
         _on_all_ranks(DistContext(), refuse)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real-world folders (issue 14): any container, the streams used, flags and what was skipped, by type
+# ----------------------------------------------------------------------------------------------------------
+def test_every_file_ffmpeg_reads_is_taken_and_the_rest_counted_by_type(tmp_path: Path) -> None:
+    from media_factory import H264, ffmpeg, make_events
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_events(data / "late.mov", audio_delay=1.0, audio=("-c:a", "pcm_s16le"))  # clip 0 starts silent
+    make_events(data / "offset.mkv", audio=("-c:a", "aac"), out=("-output_ts_offset", "10"))
+    make_events(data / "muted.mp4", gains=(0.0, 0.0))  # an all-zero stereo track
+    make_events(data / "dvd.vob", video=("-c:v", "mpeg2video", "-q:v", "2"), audio=("-c:a", "ac3"))
+    make_events(data / "phone.3gp", video=H264, audio=("-c:a", "libopencore_amrnb", "-ar", "8000"))
+    make_events(data / "no_extension", out=("-f", "mp4"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=30:d=4", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono",
+           "-f", "lavfi", "-i", "sine=f=1000:r=48000:d=4", "-map", "0:v", "-map", "1:a", "-map", "2:a", "-t", "4",
+           *H264, "-c:a", "aac", "-disposition:a:0", "0", "-disposition:a:1", "default", str(data / "two.mkv"))
+    shutil.copy(data / "late.mov", data / ".hidden.mov")  # hidden: not read at all
+    (data / "notes.txt").write_text("not a video\n")
+    (data / "list.m3u8").write_text("#EXTM3U\nlate.mov\n")  # a playlist: it would read late.mov a second time
+    (data / "junk.bin").write_bytes(bytes(range(256)) * 40)
+    ffmpeg("-f", "lavfi", "-i", "color=red:s=32x32", "-frames:v", "1", str(data / "cover.jpg"))
+    ffmpeg("-f", "lavfi", "-i", "sine=d=2", str(data / "sound.wav"))
+    out = data / "cache"  # inside the data folder: must not be read as data on a rerun
+
+    result = cli(str(data), "-o", str(out), "-p", "tiny", "-j", "0")
+    assert result.exit_code == 0, result.output
+    rows = {cells[1].strip(): cells[2].strip() for line in result.output.splitlines()
+            if len(cells := line.split("│")) == 4}  # the summary table's rows
+    assert rows["skipped by type"] == ".bin: 1, .jpg: 1, .m3u8: 1, .txt: 1, .wav: 1"
+    assert rows["flagged clips"] == "audio-padded: 1, audio-silent: 2"
+    assert rows["files seen"] == "12" and rows["clips made"] == "14"
+    manifest = read_manifest(out)
+    sources = [c["source"] for c in manifest["clips"]]
+    assert sorted(set(sources)) == ["dvd.vob", "late.mov", "muted.mp4", "no_extension", "offset.mkv",
+                                    "phone.3gp", "two.mkv"]
+    assert all(sources.count(s) == 2 for s in set(sources))
+    assert {s["source"]: s["reason"] for s in manifest["skipped"]} == {
+        "cover.jpg": "not-a-video", "junk.bin": "no-audio", "list.m3u8": "not-a-video",  # ffmpeg: "a raw video"
+        "notes.txt": "not-a-video", "sound.wav": "not-a-video"}
+    by_source = {(c["source"], c["start"]): c for c in manifest["clips"]}
+    assert by_source[("two.mkv", 0.0)]["streams"] == {"video": 0, "audio": 2}
+    assert by_source[("late.mov", 0.0)]["streams"] == {"video": 0, "audio": 1}
+    assert by_source[("late.mov", 0.0)]["flags"] == ["audio-padded"] and by_source[("late.mov", 1.6)]["flags"] == []
+    assert [by_source[("muted.mp4", s)]["flags"] for s in (0.0, 1.6)] == [["audio-silent"]] * 2
+    ds = LatentCache(out)
+    ok = {(c["source"], c["start"]): bool(ds[i]["audio_ok"]) for i, c in enumerate(manifest["clips"])}
+    assert [k for k, v in ok.items() if not v] == [("late.mov", 0.0), ("muted.mp4", 0.0), ("muted.mp4", 1.6)]
+    shard = load_file(out / "shards" / "shard_00000.safetensors")
+    assert shard["flags"].tolist()[sources.index("muted.mp4")] == 2  # the audio-silent bit
+
+    again = preprocess(TINY, data, out, workers=0)  # the cache's own files are not taken as data
+    assert again.shards_reused == 2 and again.clips == 14 and again.files_seen == 12
+    assert again.skipped_by_extension == {".bin": 1, ".jpg": 1, ".m3u8": 1, ".txt": 1, ".wav": 1}
+    assert again.clips_by_flag == {"audio-padded": 1, "audio-silent": 2}

@@ -18,7 +18,7 @@ from avdit_cli.pipelines.preprocess import PreprocessStatus, preprocess as run_p
 
 @cli_errors
 def preprocess(
-    data_dir: Path = typer.Argument(..., help="Folder of videos with sound (searched recursively)."),
+    data_dir: Path = typer.Argument(..., help="Folder of videos with sound (recursive; any format ffmpeg reads)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache folder (default: where `finetune` looks for it)."),
     preset: str = PresetOption,
     set_: Optional[List[str]] = SetOption,
@@ -33,7 +33,8 @@ def preprocess(
 ) -> None:
     """Decode and cut every video into clips and cache their video and audio latents (resumable).
 
-    Bad files are skipped with a reason (skipped.jsonl), a rerun resumes, another config is refused.
+    Every file ffmpeg can decode as video with sound is used; the others are skipped with a reason
+    (skipped.jsonl, and counted by type in the summary). A rerun resumes, another config is refused.
 
     Under `torchrun`, the files are split across ranks.
     """
@@ -67,6 +68,10 @@ def preprocess(
     skipped = sum(summary.skipped_by_reason.values())
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(summary.skipped_by_reason.items()))
     table.add_row("files skipped", f"{skipped}" + (f" ({detail})" if detail else ""))
+    if summary.skipped_by_extension:
+        table.add_row("skipped by type", ", ".join(f"{k}: {v}" for k, v in summary.skipped_by_extension.items()))
+    if summary.clips_by_flag:
+        table.add_row("flagged clips", ", ".join(f"{k}: {v}" for k, v in summary.clips_by_flag.items()))
     table.add_row("audio-video", f"{summary.hours:.3f} h (source time the clips cover)")
     table.add_row("cache", f"{summary.cache_dir} ({summary.cache_bytes / 2**20:.1f} MiB)")
     table.add_row("shards reused", str(summary.shards_reused))

@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
+from avdit_cli.data.media import READER_VERSION
 from avdit_cli.errors import DataError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json
 
@@ -31,20 +32,38 @@ MANIFEST = "manifest.json"
 SKIPPED = "skipped.jsonl"
 SHARDS = "shards"
 CACHE_VERSION = 1
-FLAG_AUDIO_PADDED = 1  # bit 0 of a clip's flags: its audio was shorter than the window and was zero-padded
-FLAG_NAMES = {FLAG_AUDIO_PADDED: "audio-padded"}
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+FLAG_AUDIO_PADDED = 1  # bit 0 of a clip's flags: part of its window has no audio from the file (zeros instead)
+FLAG_AUDIO_SILENT = 2  # bit 1: its file's audio track never reaches -60 dBFS (an all-zero or muted track)
+FLAG_NAMES = {FLAG_AUDIO_PADDED: "audio-padded", FLAG_AUDIO_SILENT: "audio-silent"}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Planning: which files go to which shard
 # ----------------------------------------------------------------------------------------------------------
-def find_videos(data_dir: Path) -> list[Path]:
-    """Video files under `data_dir` (recursive), sorted by relative path so every run plans the same shards."""
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def find_videos(data_dir: Path, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Every file under `data_dir` (recursive) that may be a video, sorted by relative path so every run plans
+    the same shards.
+
+    Whether a file is a video is decided by opening it (``media.probe``), not by its extension. Left out:
+    hidden files and folders (names starting with "."; e.g. ``.DS_Store``, ``._clip.mp4`` from macOS, ``.git``)
+    and everything under the folders in `exclude` (a cache written inside the data folder).
+    """
     if not data_dir.is_dir():
         raise DataError(f"{data_dir} is not a folder; give the folder that holds your video files")
-    files = [p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
+    skip = [p.resolve() for p in exclude]
+    files = [p for p in data_dir.rglob("*") if p.is_file() and not _hidden(p.relative_to(data_dir))]
+    if skip:
+        files = [p for p in files if not any(p.resolve().is_relative_to(s) for s in skip)]
     return sorted(files, key=lambda p: p.relative_to(data_dir).as_posix())
+
+
+def extension(path: str | Path) -> str:
+    """A file's extension as the summaries group it: lower case with the dot, "(none)" without one."""
+    return Path(path).suffix.lower() or "(none)"
 
 
 def class_names(data_dir: Path, files: Sequence[Path]) -> list[str]:
@@ -74,10 +93,11 @@ class CacheHeader:
     data_dir: str
     classes: list[str] = field(default_factory=list)
     version: int = CACHE_VERSION
+    reader: int = READER_VERSION  # how media files were read (media.READER_VERSION)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "config_hash": self.config_hash, "data": self.data,
-                "codecs": self.codecs, "data_dir": self.data_dir, "classes": self.classes}
+                "codecs": self.codecs, "data_dir": self.data_dir, "classes": self.classes, "reader": self.reader}
 
 
 def check_or_write_header(cache_dir: Path, header: CacheHeader) -> None:
@@ -96,6 +116,10 @@ def check_or_write_header(cache_dir: Path, header: CacheHeader) -> None:
                             "use another -o folder or delete it")
         if old.get("classes") != header.classes:
             raise DataError(f"{cache_dir} was made from a folder with other classes; use another -o folder")
+        if old.get("reader", 1) != header.reader:
+            # Clips read by another reader version differ (e.g. audio alignment): never mix them in one cache.
+            raise DataError(f"{cache_dir} was made by an older avdit that read media differently "
+                            f"(reader {old.get('reader', 1)}, now {header.reader}); use another -o folder or delete it")
         return
     atomic_write_json(path, header.to_dict())
 
@@ -175,7 +199,7 @@ class LatentCache(Dataset):
     """Clips of a cache folder, read lazily from the safetensors shards (memory-mapped by safetensors).
 
     Items are dicts: ``video`` (f, c, h, w), ``audio`` (c_a, T_a, M_a), ``label`` () int64 (-1: none),
-    ``audio_ok`` () bool (False when the audio was padded), ``index`` () int64.
+    ``audio_ok`` () bool (False when the audio was padded or is silent), ``index`` () int64.
     ``hflip``: each item is flipped left-right with probability 1/2, decided by (seed, epoch, index) so
     the same run sees the same flips; it is applied here, never frozen into the cache. The flip acts on
     the latents (w axis): for convolutional VAEs this approximates encoding the flipped frames.
@@ -247,5 +271,9 @@ def flag_mask(flags: Sequence[str]) -> int:
 
 
 def audio_ok(clip: dict[str, Any]) -> bool:
-    """Whether a clip record's audio counts in the loss (not padded); read from the manifest, no tensor."""
-    return FLAG_NAMES[FLAG_AUDIO_PADDED] not in clip.get("flags", [])
+    """Whether a clip record's audio counts in the loss; read from the manifest, no tensor.
+
+    Not when it was padded (partly made-up silence) or is silent (a muted track says nothing about the picture).
+    """
+    flags = clip.get("flags", [])
+    return FLAG_NAMES[FLAG_AUDIO_PADDED] not in flags and FLAG_NAMES[FLAG_AUDIO_SILENT] not in flags

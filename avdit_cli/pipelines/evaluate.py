@@ -38,7 +38,7 @@ import torch
 from avdit_cli.config import Config, DataConfig, apply_overrides, load_preset
 from avdit_cli.data.cache import MANIFEST, find_videos, read_manifest
 from avdit_cli.data.clips import Clip, load_clips
-from avdit_cli.data.media import MediaError, probe, read_audio, read_video
+from avdit_cli.data.media import READER_VERSION, MediaError, check_media_name, probe, read_audio, read_video
 from avdit_cli.errors import ConfigError, DataError, WeightsError
 from avdit_cli.fileio import atomic_write_json
 from avdit_cli.metrics import (
@@ -65,7 +65,6 @@ SAMPLES_JSON = "samples.json"
 METRICS_JSON = "metrics.json"
 EXTRA_FRAMES_TOLERANCE = 1  # a generated clip may hold this many frames too many (trimmed)
 # ... and its audio may be off by up to one video frame's worth of samples (AAC padding; trimmed / zero-padded)
-READER_VERSION = 1  # bump when the way clips are read changes, so old cached features are not reused
 FEATURE_METRICS = {"fvd": "i3d", "kvd": "i3d", "fad": "vggish"}
 DOWNLOAD_EVAL = "avdit download --only eval"
 DOWNLOAD_EVAL_PAPER = "avdit download --only eval-paper"
@@ -291,6 +290,7 @@ def _reference_from_folder(data_dir: Path, given: Path, cfg: Config, cache: Feat
     for i, path in enumerate(files):
         label = path.relative_to(data_dir).as_posix()
         try:
+            check_media_name(path)  # before hashing it for the cache key: a big archive would take long
             starts = cache.get_or_compute(
                 path, key_parts, lambda p=path: np.array([c.start for c in load_clips(p, cfg.data, stride)]))
         except MediaError as err:

@@ -26,10 +26,10 @@ from avdit_cli.codecs import Codecs, build_codecs, default_dtype
 from avdit_cli.config import Config, DataConfig
 from avdit_cli.data.cache import (
     SKIPPED,
-    VIDEO_EXTENSIONS,
     CacheHeader,
     check_or_write_header,
     class_names,
+    extension,
     find_videos,
     flag_mask,
     merge_manifest,
@@ -40,6 +40,7 @@ from avdit_cli.data.cache import (
     write_shard,
 )
 from avdit_cli.data.clips import Clip, load_clips
+from avdit_cli.data.media import probe
 from avdit_cli.errors import ConfigError, DataError
 from avdit_cli.paths import default_cache_dir
 from avdit_cli.pipelines.distributed import DistContext, dist_context, resolve_device
@@ -75,21 +76,35 @@ class PreprocessSummary:
     cache_bytes: int
     shards_reused: int
     seconds: float
+    skipped_by_extension: dict[str, int] = field(default_factory=dict)  # ".txt" -> files skipped; "(none)"
+    clips_by_flag: dict[str, int] = field(default_factory=dict)  # "audio-silent" -> clips with that flag
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Worker side: decode one file (runs in a worker process; returns clips of plain numpy so they pickle cheaply)
 # ----------------------------------------------------------------------------------------------------------
-def decode_file(path: str, data_cfg: DataConfig, stride: float | None) -> tuple[list[Clip], dict[str, str] | None]:
-    """The clips of one file, or no clips and {"reason", "message"} for a file that gives none.
+@dataclass
+class DecodedFile:
+    """What a decoding worker returns for one source file (plain data, so it crosses a process pool)."""
+
+    clips: list[Clip]
+    streams: dict[str, int | None] | None = None  # {"video": i, "audio": j}: the streams used, as ffmpeg numbers them
+    problem: dict[str, str] | None = None  # {"reason", "message"} for a file that gives no clip
+
+
+def decode_file(path: str, data_cfg: DataConfig, stride: float | None) -> DecodedFile:
+    """The clips of one file and the streams they come from, or no clips and the problem.
 
     Problems are returned, not raised: a skipped file is data for the manifest, not a failure.
     """
     try:
-        return load_clips(Path(path), data_cfg, stride), None
+        info = probe(Path(path))
+        clips = load_clips(Path(path), data_cfg, stride, info=info)
     except DataError as err:
         # The message without the path: the record already names the source relative to the data folder.
-        return [], {"reason": getattr(err, "reason", "unreadable"), "message": getattr(err, "detail", str(err))}
+        return DecodedFile([], problem={"reason": getattr(err, "reason", "unreadable"),
+                                        "message": getattr(err, "detail", str(err))})
+    return DecodedFile(clips, streams={"video": info.video_index, "audio": info.audio_index})
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -190,12 +205,12 @@ def preprocess(
         raise ConfigError(f"worker kind: got {worker_kind!r}, expected one of {', '.join(WORKER_KINDS)}")
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(cfg)
-    all_files = find_videos(data_dir)
+    all_files = find_videos(data_dir, exclude=[cache_dir])  # a cache inside the data folder is not data
     # Classes come from the whole folder, so a --limit run and a full run agree on the labels.
     classes = class_names(data_dir, all_files) if cfg.data.class_folders else []
     files = all_files[:limit] if limit is not None else all_files
     if not files:
-        raise DataError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) under {data_dir}")
+        raise DataError(f"no files under {data_dir} (hidden files are not read); give the folder of your videos")
 
     ctx = dist_context()
     dev = resolve_device(device, ctx)
@@ -231,8 +246,14 @@ def preprocess(
         raise DataError(f"no clip could be made from the {len(files)} file(s) under {data_dir}; "
                         f"see {cache_dir / SKIPPED} for the reasons")
     reasons: dict[str, int] = {}
+    extensions: dict[str, int] = {}
     for s in manifest["skipped"]:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        extensions[extension(s["source"])] = extensions.get(extension(s["source"]), 0) + 1
+    flags: dict[str, int] = {}
+    for clip in manifest["clips"]:
+        for name in clip.get("flags", []):
+            flags[name] = flags.get(name, 0) + 1
     return PreprocessSummary(
         cache_dir=cache_dir,
         files_seen=len(files),
@@ -242,6 +263,8 @@ def preprocess(
         cache_bytes=sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file()),
         shards_reused=len(mine) - len(todo),
         seconds=time.perf_counter() - started,
+        skipped_by_extension=dict(sorted(extensions.items())),
+        clips_by_flag=dict(sorted(flags.items())),
     )
 
 
@@ -278,7 +301,8 @@ def _make_shards(cfg: Config, cache_dir: Path, shards: list[list[Path]], rel: li
             rows: list[dict[str, Any]] = []
             skipped: list[dict[str, Any]] = []
             for source, fut in zip(rel[index], futures):
-                file_clips, problem = fut.result()
+                decoded: DecodedFile = fut.result()
+                problem = decoded.problem
                 if problem is not None:
                     if strict:
                         raise DataError(f"{source}: {problem['message']} ({problem['reason']}); "
@@ -287,10 +311,10 @@ def _make_shards(cfg: Config, cache_dir: Path, shards: list[list[Path]], rel: li
                     status.skipped += 1
                 parts = Path(source).parts
                 label = labels.get(parts[0], -1) if len(parts) > 1 else -1
-                for clip in file_clips:
+                for clip in decoded.clips:
                     clips.append(clip)
                     rows.append({"source": source, "start": round(float(clip.start), 6), "flags": list(clip.flags),
-                                 "label": label})
+                                 "label": label, "streams": decoded.streams})
                 status.files_done += 1
                 if progress:
                     progress(status)
