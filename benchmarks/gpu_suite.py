@@ -493,12 +493,13 @@ def sec_dit_vs_diffusers(ctx: Ctx) -> None:
     from diffusers import DiTTransformer2DModel
 
     import benchlib as bl
+    from avdit_cli.models.dit_loading import diffusers_config, diffusers_state_dict
 
     dev, cfg, spec = ctx.device, ctx.cfg(), ctx.spec
     dit = bl.build_dit(cfg, dev).eval()
     with torch.device(dev):
-        ref = DiTTransformer2DModel.from_config(dit.diffusers_config())
-    ref.load_state_dict(dit.diffusers_state_dict(), strict=True)
+        ref = DiTTransformer2DModel.from_config(diffusers_config(dit))
+    ref.load_state_dict(diffusers_state_dict(dit), strict=True)
     for block in ref.transformer_blocks:  # the original DiT's timestep frequencies (DESIGN section 2)
         block.norm1.emb.time_proj.downscale_freq_shift = 0
     ref.to(dev).eval()

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from avdit_cli.cli.app import app
 from avdit_cli.config import Config, load_preset
 from avdit_cli.data.media import read_audio, read_video
-from avdit_cli.errors import ConfigError, DataError, TrainingError
+from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import sha256_file
 from avdit_cli.models import AVDiT, DiT
 from avdit_cli.pipelines.generate import GenerateOptions, GenerateResult, generate, load_given_clip, plan_batches
@@ -369,3 +369,49 @@ def test_eta_is_refused_for_samplers_that_ignore_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--eta"):
         gen(run, tmp_path / "o", num=1, sampler=Sampler.DDPM, eta=0.5)
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exported checkpoints (avdit export): EMA only, a backbone that travels with them
+# ----------------------------------------------------------------------------------------------------------
+def test_an_exported_checkpoint_generates_the_same_clips(tiny: tuple[Path, Config], tmp_path: Path) -> None:
+    import shutil
+
+    from avdit_cli.pipelines.runs import export_checkpoint, load_checkpoint
+
+    run, _ = tiny
+    travels = tmp_path / "pack"
+    shutil.copytree(run.parent / "backbone", travels / "backbone")
+    out = export_checkpoint(run, travels / "model", backbone=travels / "backbone")
+    ckpt = load_checkpoint(out)
+    assert ckpt.model == {} and ckpt.optim == {} and set(ckpt.ema) == set(load_checkpoint(run).ema)
+    assert ckpt.state["backbone"]["path"] == "../backbone"  # relative: the pack can move
+    moved = tmp_path / "moved"
+    shutil.move(str(travels), str(moved))
+    a = gen(run, tmp_path / "a", num=2, save_latents=True)
+    b = gen(moved / "model", tmp_path / "b", num=2, save_latents=True)
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=0)
+    with pytest.raises(WeightsError, match="EMA weights only"):
+        gen(moved / "model", tmp_path / "c", num=1, ema=False)
+
+
+def test_export_refuses_another_backbone_and_a_used_folder(tiny: tuple[Path, Config], tmp_path: Path) -> None:
+    from avdit_cli.pipelines.runs import export_checkpoint
+
+    run, cfg = tiny
+    other = DiT.from_config(cfg.model, input_size=16, in_channels=3).save_pretrained(tmp_path / "other")
+    with pytest.raises(WeightsError, match="not the backbone"):
+        export_checkpoint(run, tmp_path / "x", backbone=other)
+    assert not (tmp_path / "x").exists()  # nothing half-written
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="not empty"):
+        export_checkpoint(run, tmp_path / "used")
+    assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
+
+
+def test_export_cli(tiny: tuple[Path, Config], tmp_path: Path) -> None:
+    run, _ = tiny
+    result = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "exported to" in result.output and (tmp_path / "e" / "state.json").is_file()

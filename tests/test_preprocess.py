@@ -148,7 +148,8 @@ def test_rerun_reuses_and_never_duplicates(mixed: Path, mixed_cache: Path) -> No
     result = cli(str(mixed), "-o", str(mixed_cache), "-p", "tiny", "-j", "0", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"cache_dir", "files_seen", "clips", "skipped_by_reason", "hours", "cache_bytes",
+    assert set(data) == {"cache_dir", "files_seen", "clips", "skipped_by_reason", "skipped_by_extension",
+                         "clips_by_flag", "hours", "cache_bytes",
                          "shards_reused", "seconds", "skipped_jsonl"}
     assert data["cache_dir"] == str(mixed_cache) and data["clips"] == 4 and data["shards_reused"] == 1
     assert data["skipped_by_reason"] == {r: list(BAD.values()).count(r) for r in set(BAD.values())}

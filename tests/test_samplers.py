@@ -410,3 +410,25 @@ def test_per_sample_generators_make_samples_independent_of_the_batch() -> None:
                    generator=gens([8]))["a"]
     assert torch.equal(both[1:], alone)
     assert not torch.equal(both[0], both[1])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_x0_clamped_to_each_modalitys_range(diffusion, sampler) -> None:
+    """Data far outside its range (mean 3): clamping the x0 prediction to a range per modality keeps every sample
+    inside it (the last step of each sampler returns x0 or the posterior mean from it), while a modality
+    without a range is untouched."""
+    shapes = {"video": (64, 2, 2, 2, 2), "audio": (64, 2, 2, 4)}
+    chain = respace(diffusion, default_respacing(sampler, 10))
+    model = _gaussian_model(diffusion, chain)
+
+    def shifted(x, t):  # the exact model for data N(MU + 3, S²)
+        out = model({m: v - 3 * torch.sqrt(_bcast(diffusion.alphas_cumprod[t[m].cpu()], v)) for m, v in x.items()}, t)
+        return out
+
+    kw = dict(sampler=sampler, steps=10, generator=torch.Generator().manual_seed(0))
+    free = sample(shifted, shapes, CD, diffusion, **kw)
+    kw["generator"] = torch.Generator().manual_seed(0)
+    clamped = sample(shifted, shapes, CD, diffusion, clip_denoised={"video": (-1.0, 1.5), "audio": None}, **kw)
+    assert free["video"].mean() > 2.5 and free["video"].max() > 1.5
+    assert clamped["video"].max() <= 1.5 + 0.05 and clamped["video"].min() >= -1.0 - 0.05
+    torch.testing.assert_close(clamped["audio"], free["audio"])
