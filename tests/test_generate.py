@@ -388,8 +388,8 @@ def test_an_exported_checkpoint_generates_the_same_clips(tiny: tuple[Path, Confi
     assert ckpt.state["backbone"]["path"] == "../backbone"  # relative: the pack can move
     moved = tmp_path / "moved"
     shutil.move(str(travels), str(moved))
-    a = gen(run, tmp_path / "a", num=2, save_latents=True)
-    b = gen(moved / "model", tmp_path / "b", num=2, save_latents=True)
+    a = gen(run, tmp_path / "a", num=2)
+    b = gen(moved / "model", tmp_path / "b", num=2)
     torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=0)
     with pytest.raises(WeightsError, match="EMA weights only"):
         gen(moved / "model", tmp_path / "c", num=1, ema=False)
