@@ -147,3 +147,26 @@ def _printer(console, text: str):  # type: ignore[no-untyped-def]
         console.print(text, highlight=False)
 
     return one
+
+
+def test_piped_progress_is_a_plain_line_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piped log of a long step (finetune, generate, preprocess) gets a line now and then, never a bar."""
+    import io
+
+    from rich.console import Console
+
+    from avdit_cli.cli import common
+
+    out = io.StringIO()
+    progress = common.PipedProgress(Console(file=out, force_terminal=False, width=40))
+    monkeypatch.setattr(common, "PIPED_PROGRESS_EVERY_S", 0.0)
+    progress("finetune: step 10/100, a line longer than the forty columns of this console")
+    monkeypatch.setattr(common, "PIPED_PROGRESS_EVERY_S", 3600.0)
+    progress("finetune: step 20/100")  # too soon: dropped
+    progress("finetune: step 100/100", final=True)
+    assert out.getvalue().splitlines() == ["finetune: step 10/100, a line longer than the forty columns of this "
+                                           "console", "finetune: step 100/100"]
+    on_terminal = io.StringIO()
+    monkeypatch.setattr(common, "PIPED_PROGRESS_EVERY_S", 0.0)
+    common.PipedProgress(Console(file=on_terminal, force_terminal=True))("step 1")
+    assert on_terminal.getvalue() == ""  # the bar is shown there instead

@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -84,6 +85,26 @@ def fail(message: str) -> None:
 
 def is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+PIPED_PROGRESS_EVERY_S = 20.0
+
+
+class PipedProgress:
+    """What replaces a progress bar when the output is not a terminal (a log file, a pipe, CI): one plain line
+    at most every ``PIPED_PROGRESS_EVERY_S`` seconds, so a long step is never silent. Does nothing on a terminal
+    (the bar is shown there) or when ``enabled`` is false (another rank, or --json)."""
+
+    def __init__(self, out: Console, enabled: bool = True) -> None:
+        self.out = out
+        self.enabled = enabled and not out.is_terminal
+        self._last = time.monotonic()
+
+    def __call__(self, line: str, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.enabled and (final or now - self._last >= PIPED_PROGRESS_EVERY_S):
+            self._last = now
+            self.out.print(line, highlight=False, soft_wrap=True)
 
 
 def plain(obj: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from avdit_cli.cli.common import PresetOption, SetOption, cli_errors, console, is_main_rank
+from avdit_cli.cli.common import PipedProgress, PresetOption, SetOption, cli_errors, console, is_main_rank
 from avdit_cli.config import Config, apply_overrides, load_preset
 from avdit_cli.pipelines.finetune import StepInfo, finetune as run_finetune
 from avdit_cli.pipelines.runs import latest_run, read_checkpoint_state
@@ -49,8 +49,11 @@ def finetune(
     with Progress(*columns, console=console, disable=not (main and console.is_terminal), transient=True) as bar:
         task = bar.add_task("steps", total=cfg.train.steps, completed=start, loss=float("nan"), rate=0.0)
 
+        piped = PipedProgress(console, enabled=main)
+
         def on_step(info: StepInfo) -> None:
             bar.update(task, completed=info.step, loss=info.loss, rate=info.clips_per_s)
+            piped(f"finetune: step {info.step}/{info.total}, loss {info.loss:.4f}, {info.clips_per_s:.1f} clips/s")
 
         def on_log(msg: str) -> None:
             if main:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from avdit_cli.cli.common import cli_errors, console, is_main_rank
+from avdit_cli.cli.common import PipedProgress, cli_errors, console, is_main_rank
 from avdit_cli.config import Sampler
 from avdit_cli.pipelines.generate import GenerateOptions, generate as run_generate
 from avdit_cli.pipelines.hub_run import HF_SCHEME
@@ -51,9 +51,12 @@ def generate(
     with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
         task = bar.add_task("clips", total=num, rate=0.0, clips=0)
 
+        piped = PipedProgress(console, enabled=is_main_rank())
+
         def on_progress(done: float, total: int, rate: float) -> None:
             # `done` is fractional inside a batch, so the ETA moves with the denoiser steps
             bar.update(task, total=total, completed=done, clips=int(done), **({"rate": rate} if rate else {}))
+            piped(f"generate: {done:.1f}/{total} clips")
 
         result = run_generate(opts, progress=on_progress)
     if is_main_rank():

@@ -10,8 +10,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from avdit_cli.cli.common import (JsonOption, PresetOption, SetOption, cli_errors, console, err_console, is_main_rank,
-                                  print_json)
+from avdit_cli.cli.common import (JsonOption, PipedProgress, PresetOption, SetOption, cli_errors, console,
+                                  err_console, is_main_rank, print_json)
 from avdit_cli.config import load_preset
 from avdit_cli.pipelines.preprocess import PreprocessStatus, preprocess as run_preprocess
 
@@ -50,8 +50,11 @@ def preprocess(
                   disable=not (is_main_rank() and shown.is_terminal)) as bar:
         task = bar.add_task("files", total=None, clips=0, rate=0.0)
 
+        piped = PipedProgress(shown, enabled=is_main_rank())
+
         def on_progress(s: PreprocessStatus) -> None:
             bar.update(task, total=s.files_total, completed=s.files_done, clips=s.clips, rate=s.clips_per_s)
+            piped(f"preprocess: {s.files_done}/{s.files_total} files, {s.clips} clips, {s.clips_per_s:.1f} clips/s")
 
         summary = run_preprocess(cfg, data_dir, out, workers=workers, batch_size=batch_size, device=device,
                                  limit=limit, strict=strict, progress=on_progress)
