@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from avdit_cli.config import Config, load_preset
 from avdit_cli.data.clips import Clip, load_clips
@@ -86,6 +88,7 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
     final_loss: float = math.nan
     eval_metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json's "metrics" (`avdit eval`)
+    threads: int = field(default_factory=torch.get_num_threads)  # torch's intra-op threads the demo ran on
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -182,7 +185,28 @@ def prepare_demo_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def demo_threads() -> int:
+    """Torch's intra-op threads for the demo: ``OMP_NUM_THREADS`` when set, else 1.
+
+    The demo's models are tiny: a second OpenMP thread gains little on an idle machine, and on a shared one
+    (2 cores, one busy) two threads spin against each other and run several times slower than one. One thread
+    keeps the demo's time on a busy machine close to its time on an idle one (README, "What the demo shows").
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
+    """Run the demo (see the module doc) on :func:`demo_threads` threads; the caller's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(demo_threads())
+    try:
+        return _demo(opts, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     say = log or (lambda msg: None)
     out = opts.out_dir
     prepare_demo_dir(out)
