@@ -207,6 +207,8 @@ class DiffusionConfig:
     audio_loss_weight: float = 1.0
     # Independent timesteps per modality so one model can also do audio->video and video->audio.
     independent_timesteps: bool = False
+    # Min-SNR-γ loss weighting (Hang et al. 2023) of the eps MSE; 0 turns it off (DiT's plain L_simple).
+    min_snr_gamma: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,8 @@ def validate(cfg: Config) -> None:
               f"audio_patch_size x audio codec factor ({d.audio_factor})")
     if not 0 < df.beta_start < df.beta_end < 1:
         _fail("diffusion.beta_end", df.beta_end, f"0 < beta_start ({df.beta_start}) < beta_end < 1")
+    if df.min_snr_gamma < 0:
+        _fail("diffusion.min_snr_gamma", df.min_snr_gamma, "a number >= 0 (0 turns the weighting off)")
     if df.video_loss_weight < 0 or df.audio_loss_weight < 0:
         _fail("diffusion.video_loss_weight", (df.video_loss_weight, df.audio_loss_weight), "weights >= 0")
     if t.lr <= 0:

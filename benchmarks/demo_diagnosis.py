@@ -74,11 +74,12 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
     return np.stack(frames), np.stack(waves)
 
 
-def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int) -> list[dict[str, Any]]:
-    ckpt = open_checkpoint(shipped_run(run == "shipped-no-joint") if run in ("shipped", "shipped-no-joint")
+def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, ema: bool = True
+                 ) -> list[dict[str, Any]]:
+    ckpt = open_checkpoint(shipped_run(run != "shipped-no-joint") if run in ("shipped", "shipped-no-joint")
                            else Path(run))
     cfg = ckpt.config
-    model = load_run_model(ckpt, cfg, torch.device("cpu"))
+    model = load_run_model(ckpt, cfg, torch.device("cpu"), ema=ema)
     codecs = build_codecs(cfg.replace(**{"sample.seed": VOCODER_SEED}), "cpu")
     n = len(real)
     video_z, audio_z = encode_clips(real, codecs, batch_size=batch_size)
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=32, help="clips per row")
     ap.add_argument("--backbone", type=Path, help="also sample this image backbone alone")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--no-ema", action="store_true", help="the raw weights instead of their EMA")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(diagnose_backbone(args.backbone, cfg, args.n))
     for i, run in enumerate(args.run):
         name = args.name[i] if i < len(args.name) else Path(run).name
-        rows.extend(diagnose_run(name, run, real, args.batch_size))
+        rows.extend(diagnose_run(name, run, real, args.batch_size, ema=not args.no_ema))
         if Path(run).is_dir() and (Path(run) / "metrics.jsonl").exists():
             losses[name] = loss_rows(Path(run))
     for name, lr in losses.items():

@@ -209,3 +209,28 @@ def test_seeded_noise_is_reproducible_and_respaced_chains_pass_original_timestep
 
     training_losses(spaced, spy, x0, t, CD, generator=torch.Generator().manual_seed(7))
     assert seen["t"] == spaced.timestep_map[[3, 9]].tolist() == [333, 999]
+
+
+def test_min_snr_weighting_down_weights_only_the_nearly_clean_steps():
+    from avdit_cli.diffusion.losses import min_snr_weight
+
+    d = Diffusion.create(1000, "linear", 1e-4, 0.02, learn_sigma=True)
+    t = torch.tensor([0, 10, 100, 300, 999])
+    ab = d.alphas_cumprod[t]
+    snr = ab / (1 - ab)
+    w = min_snr_weight(d, t, 5.0)
+    expected = torch.where(snr > 5, 5 / snr, torch.ones_like(snr)).float()
+    torch.testing.assert_close(w, expected)
+    assert w[0] < 0.01 and w[-1] == 1.0  # t = 0 has SNR ~1e4; t = 999 is pure noise
+
+    # in training_losses: the weighted MSE is the loss, the logged MSE stays unweighted, the VLB is untouched
+    g = torch.Generator().manual_seed(0)
+    x0 = {"video": torch.randn(5, 2, 3, 4, 4, generator=g)}
+    out = torch.randn(5, 2, 6, 4, 4, generator=g)
+    kw = dict(noise={"video": torch.randn(5, 2, 3, 4, 4, generator=g)})
+    plain = training_losses(d, lambda x, tt: {"video": out}, x0, {"video": t}, {"video": 2}, **kw)
+    weighted = training_losses(d, lambda x, tt: {"video": out}, x0, {"video": t}, {"video": 2}, min_snr_gamma=5.0,
+                               **kw)
+    torch.testing.assert_close(weighted["video_mse"], plain["video_mse"])
+    torch.testing.assert_close(weighted["video_vb"], plain["video_vb"])
+    torch.testing.assert_close(weighted["video"], plain["video_mse"] * expected + plain["video_vb"])

@@ -66,6 +66,7 @@ def training_losses(
     masks: Mapping[str, Tensor] | None = None,
     loss_type: str | LossType = LossType.HYBRID,
     generator: torch.Generator | None = None,
+    min_snr_gamma: float = 0.0,
 ) -> dict[str, Tensor]:
     """Noise every modality to its t, run the model once on all of them, and score each.
 
@@ -75,8 +76,13 @@ def training_losses(
     masks: (b,) per modality, which samples count (e.g. clips whose audio is padded); weights: per modality
     (default 1).
 
-    Returns per-sample (b,) terms ``NAME`` (the loss of that modality), ``NAME_mse`` and, for the hybrid loss
-    with a learned variance, ``NAME_vb``; and the scalar ``loss`` = sum over modalities of
+    min_snr_gamma: when > 0, each sample's eps MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` (Min-SNR-γ,
+    Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", eq. for eps-prediction),
+    SNR(t) = alpha_bar / (1 - alpha_bar): the nearly clean steps, whose large and noisy eps errors otherwise
+    dominate the gradient, count less; the VLB term is left as it is.
+
+    Returns per-sample (b,) terms ``NAME`` (the loss of that modality), ``NAME_mse`` (unweighted, for logs) and,
+    for the hybrid loss with a learned variance, ``NAME_vb``; and the scalar ``loss`` = sum over modalities of
     weight x (masked mean over samples of NAME), the value to backpropagate.
     """
     loss_type = LossType(loss_type)
@@ -99,18 +105,25 @@ def training_losses(
         eps, v = split_output(model_out, x_t[m], cd, diffusion.learn_sigma)
         mse = mean_flat((noise[m] - eps) ** 2)
         terms[f"{m}_mse"] = mse
-        total = mse
+        total = mse if min_snr_gamma <= 0 else mse * min_snr_weight(diffusion, t[m], min_snr_gamma).to(mse)
         if loss_type is LossType.HYBRID and v is not None:
             # The VLB trains only the variance: the mean half is detached (DiT: frozen_out).
             frozen = torch.cat([eps.detach(), v], dim=cd)
             vb = vb_terms_bpd(diffusion, frozen, x0[m], x_t[m], t[m], cd)
             terms[f"{m}_vb"] = vb
-            total = mse + vb
+            total = total + vb
         terms[m] = total
         weight = 1.0 if weights is None else float(weights.get(m, 1.0))
         loss = loss + weight * masked_mean(total, None if masks is None else masks.get(m))
     terms["loss"] = loss
     return terms
+
+
+def min_snr_weight(diffusion: Diffusion, t: Tensor, gamma: float) -> Tensor:
+    """(b,) Min-SNR-γ weights of eps-prediction losses at timesteps t: ``min(SNR, gamma) / SNR``."""
+    ab = diffusion.alphas_cumprod[t.cpu()]  # float64 buffer on the CPU
+    snr = ab / (1 - ab)
+    return (snr.clamp(max=gamma) / snr).float().to(t.device)
 
 
 def sample_timesteps(

@@ -548,7 +548,7 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
             terms = training_losses(
                 diffusion, lambda x, tt: {"image": net(x["image"], tt["image"], None)},
                 {"image": images}, {"image": t}, {"image": 1}, noise={"image": noise},
-                loss_type=cfg.diffusion.loss.value,
+                loss_type=cfg.diffusion.loss.value, min_snr_gamma=cfg.diffusion.min_snr_gamma,
             )
         return terms, {}
     t_video = draw_t()
@@ -567,7 +567,8 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
     with autocast(cfg, dev):
         terms = training_losses(diffusion, model_fn, {"video": video, "audio": audio},
                                 {"video": t_video, "audio": t_audio}, {"video": 2, "audio": 1}, noise=noise,
-                                loss_type=cfg.diffusion.loss.value)
+                                loss_type=cfg.diffusion.loss.value,
+                                min_snr_gamma=cfg.diffusion.min_snr_gamma)
     return terms, masks
 
 
