@@ -68,6 +68,9 @@ class LrSchedule(str, Enum):
 class TrainMode(str, Enum):
     FINETUNE = "finetune"  # adapters only, frozen backbone
     PRETRAIN = "pretrain"  # all DiT weights, single frames, no audio (makes the tiny backbone)
+    # AV-DiT with every weight trained, backbone included: not the paper's method, the upper bound that tells
+    # whether a shortfall of the adapters belongs to the method or to the training budget
+    FULL = "full"
 
 
 class Sampler(str, Enum):

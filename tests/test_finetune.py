@@ -310,3 +310,21 @@ def test_batch_shares_add_up_to_the_masked_batch_loss() -> None:
              for i in (0, 2, 4)]
     torch.testing.assert_close(sum(p["loss"] for p in parts), whole)
     torch.testing.assert_close(sum(p["audio_mse"] for p in parts), (terms["audio_mse"] * mask).sum() / 3)
+
+
+# ---- full mode: the upper bound (every weight trained) -------------------------------------------------------
+def test_full_mode_trains_the_backbone_too_and_generates(env: Env, tmp_path: Path) -> None:
+    from avdit_cli.pipelines.generate import GenerateOptions, generate, load_run_model, open_checkpoint
+
+    before = DiT.from_pretrained(env.backbone).state_dict()
+    result = finetune(env.cfg("train.mode=full", "train.steps=3"), cache_dir=env.cache, run_dir=tmp_path / "run")
+    ckpt = load_checkpoint(result.run_dir)
+    assert ckpt.state["mode"] == "full"
+    assert any(k.startswith("backbone.") for k in ckpt.model) and any(k.startswith("temporal.") for k in ckpt.model)
+    moved = [k for k, v in before.items() if not torch.equal(ckpt.model[f"backbone.{k}"], v)]
+    assert moved, "the backbone did not train"
+    # generate loads every weight from the checkpoint (the backbone file is the starting point only)
+    model = load_run_model(open_checkpoint(result.run_dir), ckpt.config, torch.device("cpu"), ema=False)
+    torch.testing.assert_close(model.backbone.state_dict()[moved[0]], ckpt.model[f"backbone.{moved[0]}"])
+    out = generate(GenerateOptions(out_dir=tmp_path / "gen", num=1, checkpoint=result.run_dir, steps=2))
+    assert len(out.files) == 1 and out.files[0].stat().st_size > 0

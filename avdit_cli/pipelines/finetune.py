@@ -1,4 +1,5 @@
-"""`avdit finetune`: train the AV-DiT adapters (or, in `pretrain` mode, a whole small image DiT).
+"""`avdit finetune`: train the AV-DiT adapters (or, in `pretrain` mode, a whole small image DiT; in `full` mode,
+every AV-DiT weight, the backbone too, as the upper bound of the demo's diagnosis).
 
 Determinism: every random draw of a step (diffusion timestep, noise, label dropout) comes from a generator
 seeded by (train.seed, step, global sample index), and the data order of an epoch from (train.seed, epoch).
@@ -216,7 +217,7 @@ def finetune(
 
     init = torch.Generator().manual_seed(derived_seed(cfg.train.seed, 0x1417))  # weights of new modules
     model, backbone_ref = _build(cfg, dev, pretrain, init)
-    trainable = dict(_trainable(model, pretrain))
+    trainable = dict(_trainable(model, cfg.train.mode))
     n_train = sum(p.numel() for p in trainable.values())
     n_total = sum(p.numel() for p in model.parameters())
     log(f"parameters: {n_train:,} trainable of {n_total:,} ({100 * n_train / max(1, n_total):.2f}%)")
@@ -224,7 +225,7 @@ def finetune(
     ema = EMA(trainable, cfg.train.ema_decay)
     start = 0
     if ckpt is not None:
-        _restore(ckpt, cfg, model, ema, optimizer, backbone_ref, pretrain)
+        _restore(ckpt, cfg, model, ema, optimizer, backbone_ref)
         start = ckpt.step
         log(f"resumed from {ckpt.path} at step {start}")
         if cfg.train.lr_schedule is LrSchedule.COSINE and ckpt.config.train.steps != cfg.train.steps:
@@ -248,7 +249,7 @@ def finetune(
                                    "(train.seed, epoch)", "seed": cfg.train.seed, "next_step": step},
                  "optimizer": optim_meta, "trainable_params": n_train, "world_size": ctx.world_size,
                  "avdit_version": __version__, "torch_version": torch.__version__}
-        path = save_checkpoint(run_dir, step, _trained_state(model, pretrain), ema.state_dict(), optim_tensors,
+        path = save_checkpoint(run_dir, step, _trained_state(model, cfg.train.mode), ema.state_dict(), optim_tensors,
                                state, cfg.train.keep)
         if pretrain:
             _export_backbone(model, ema, run_dir / "backbone")
@@ -357,13 +358,13 @@ def _check_resume(ckpt: Checkpoint, cfg: Config) -> None:
 
 
 def _restore(ckpt: Checkpoint, cfg: Config, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
-             backbone_ref: dict[str, Any], pretrain: bool) -> None:
+             backbone_ref: dict[str, Any]) -> None:
     want = (ckpt.state.get("backbone") or {}).get("sha256")
     if want and backbone_ref.get("sha256") and want != backbone_ref["sha256"]:
         raise WeightsError(f"the backbone at {backbone_ref['path']} is not the one {ckpt.path} was trained on "
                            f"(sha256 {backbone_ref['sha256'][:12]} vs {want[:12]}); set model.backbone_path to it")
     try:
-        _load_trained(model, ckpt.model, pretrain)
+        _load_trained(model, ckpt.model, cfg.train.mode)
         ema.load_state_dict(ckpt.ema)
     except (KeyError, RuntimeError) as err:
         raise TrainingError(f"{ckpt.path} does not fit this model ({err})") from err
@@ -431,24 +432,29 @@ def _build(cfg: Config, dev: torch.device, pretrain: bool, init: torch.Generator
         model = DiT.from_config(cfg.model, input_size=h, in_channels=c, generator=init).to(dev)
         return model, {"repo": None, "path": None, "sha256": None, "note": "pretrain: the whole DiT is trained"}
     backbone, ref = load_backbone(cfg, dev)
-    return AVDiT.from_config(cfg, backbone=backbone, generator=init).to(dev), ref
+    model = AVDiT.from_config(cfg, backbone=backbone, generator=init).to(dev)
+    if cfg.train.mode is TrainMode.FULL:  # the upper bound: the backbone trains too
+        model.backbone.requires_grad_(True)
+    return model, ref
 
 
-def _trainable(model: nn.Module, pretrain: bool) -> list[tuple[str, nn.Parameter]]:
-    if pretrain:
-        return list(model.named_parameters())
-    return model.adapter_named_parameters()  # type: ignore[operator]
+def _trainable(model: nn.Module, mode: TrainMode) -> list[tuple[str, nn.Parameter]]:
+    if mode is TrainMode.FINETUNE:
+        return model.adapter_named_parameters()  # type: ignore[operator]
+    return list(model.named_parameters())  # pretrain, full: every weight
 
 
-def _trained_state(model: nn.Module, pretrain: bool) -> dict[str, torch.Tensor]:
-    return dict(model.state_dict()) if pretrain else model.adapter_state_dict()  # type: ignore[operator]
+def _trained_state(model: nn.Module, mode: TrainMode) -> dict[str, torch.Tensor]:
+    if mode is TrainMode.FINETUNE:
+        return model.adapter_state_dict()  # type: ignore[operator]
+    return dict(model.state_dict())
 
 
-def _load_trained(model: nn.Module, sd: dict[str, torch.Tensor], pretrain: bool) -> None:
-    if pretrain:
-        model.load_state_dict(sd)
-    else:
+def _load_trained(model: nn.Module, sd: dict[str, torch.Tensor], mode: TrainMode) -> None:
+    if mode is TrainMode.FINETUNE:
         model.load_adapter_state_dict(sd)  # type: ignore[operator]
+    else:
+        model.load_state_dict(sd)
 
 
 def _export_backbone(model: nn.Module, ema: EMA, folder: Path) -> None:

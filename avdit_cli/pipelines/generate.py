@@ -130,7 +130,14 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
     if not ema and not ckpt.model:
         raise WeightsError(f"{ckpt.path} holds the EMA weights only (an exported checkpoint); drop --no-ema")
     model = AVDiT.from_config(cfg, backbone=backbone).to(device)
-    model.load_adapter_state_dict(ckpt.ema if ema else ckpt.model)
+    weights = ckpt.ema if ema else ckpt.model
+    if ckpt.state.get("mode") == TrainMode.FULL.value:  # every weight trained: the backbone's are in it too
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as err:
+            raise WeightsError(f"{ckpt.path} does not fit this model ({str(err).splitlines()[0]})") from err
+    else:
+        model.load_adapter_state_dict(weights)
     return model.eval()
 
 
