@@ -121,6 +121,9 @@ class ModelConfig:
     # Rotate the joint block's queries and keys by each token's time on the clip's clock (video frames and
     # audio rows on one time axis), so audio tokens can find the frames they sound in (adapters.TimeRotary).
     joint_time_rope: bool = True
+    # A learnable per-head bias -slope |t_i - t_j| on the joint block's attention scores (ALiBi on time), so an
+    # audio token starts out looking at the frames it sounds in (adapters.JointBlockAdapter).
+    joint_time_bias: bool = True
     # A trainable class table (zero-initialised offset) for class-conditional fine-tuning (Landscape).
     trainable_class_table: bool = False
     grad_checkpointing: bool = False

@@ -108,7 +108,8 @@ def test_joint_block_reuses_the_frozen_block_by_reference() -> None:
     assert not any(id(p) in backbone_ids for p in adapter.parameters())
     d, r = 32, 4
     lora = r * (d + 3 * d) + r * (d + d) + r * (d + 4 * d) + r * (4 * d + d)
-    assert sum(p.numel() for p in adapter.parameters()) == 3 * 2 * d + lora  # no copy of the block's weights
+    heads = 2  # one time-distance slope per head
+    assert sum(p.numel() for p in adapter.parameters()) == 3 * 2 * d + lora + heads  # no copy of the block's weights
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in model.state_dict().values())
 
 
@@ -232,7 +233,8 @@ def test_parameter_counts_of_the_paper_setting_on_meta() -> None:
     d, depth, r = 1152, 28, 8
     lora_per_block = r * (d + 3 * d) + r * (d + d) + r * (d + 4 * d) + r * (4 * d + d)
     assert rows["audio LoRA"].trainable == depth * lora_per_block
-    assert rows["joint block adapters"].trainable == lora_per_block + 6 * d
+    heads = 16  # the joint block's time-distance slopes, one per head
+    assert rows["joint block adapters"].trainable == lora_per_block + 6 * d + heads
 
 
 def test_lora_rank_zero_means_no_lora() -> None:
@@ -303,10 +305,26 @@ def test_the_joint_block_sees_token_times_only_with_rope(rope: bool) -> None:
     """With trained joint adapters, switching the time rotary on or off changes the output: the joint attention
     really uses it (and the config switch really reaches it)."""
     model = build(joint_after=(-1,), joint_time_rope=rope).eval()
+    assert model.joint["1"].time_rope is rope
     randomize_adapters(model, scale=0.5)
     x = av_inputs(b=1, f=3, t_a=8)
     with torch.no_grad():
         base = model(**x)["video"]
-        model.cfg = dataclasses.replace(model.cfg, joint_time_rope=not rope)
+        model.joint["1"].time_rope = not rope
         other = model(**x)["video"]
     assert (base - other).abs().max() > 1e-4
+
+
+def test_the_time_bias_starts_local_and_its_slopes_learn() -> None:
+    model = build(joint_after=(-1,)).train()
+    adapter = model.joint["1"]
+    times = torch.tensor([0.0, 1.0, 3.0])
+    bias = adapter.time_score_bias(times)  # (1, heads, 3, 3)
+    assert bias.shape == (1, 2, 3, 3) and torch.all(bias.diagonal(dim1=-2, dim2=-1) == 0)
+    torch.testing.assert_close(bias[0, 0, 0, 1], torch.tensor(-2.0))  # the sharpest head: e^-2 one frame away
+    assert torch.all(bias[0, :, 0, 2] < bias[0, :, 0, 1])  # farther in time, lower score
+    randomize_adapters(model, scale=0.5)
+    out = model(**av_inputs(b=1, f=3, t_a=8))
+    (out["audio"].square().mean() + out["video"].square().mean()).backward()
+    assert adapter.time_slopes.grad is not None and adapter.time_slopes.grad.abs().max() > 0
+    assert build(joint_after=(-1,), joint_time_bias=False).joint["1"].time_slopes is None

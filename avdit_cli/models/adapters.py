@@ -4,7 +4,8 @@
 - ``TemporalAttention``: attention over the frames of each spatial token, output projection zero-initialised.
 - ``JointBlockAdapter``: the trainable parameters of a joint block that reuses a frozen DiT block over the
   concatenated audio + video tokens of one clip (modality embeddings, joint LoRA, zero gates), optionally
-  with a rotary embedding of each token's time on the clip's shared clock (``TimeRotary``).
+  with a rotary embedding of each token's time on the clip's shared clock (``TimeRotary``) and a learnable
+  time-distance bias on the attention scores (``time_slopes``).
 
 Axis letters: b batch, f frames, n tokens, d hidden.
 """
@@ -119,28 +120,55 @@ class JointBlockAdapter(nn.Module):
     the backbone stays the only owner of its weights (freezing and checkpoints go by module ownership).
     Both residual branches are scaled by per-modality gates that start at zero, so at initialisation the
     joint block is an exact identity; modality embeddings (zero) are added to the attention's input only.
+
+    Time (``times``, each token's time in frames on the clip's one clock): with ``time_rope`` the queries and
+    keys are rotated by it (:class:`TimeRotary`); with ``time_bias`` every score gets ``-slope_h |t_i - t_j|``
+    (ALiBi, Press et al. 2022, on time rather than sequence position), one learnable slope per head,
+    initialised from 2 (a token one frame away loses e^-2) to 1/8 per frame. A sound is caused by what happens
+    when it is heard: the bias starts every audio token looking at its own frames, out of the thousands of
+    tokens of a clip, and the slopes learn how far to look. It costs a (heads, n, n) score bias, so the joint
+    block's attention runs without flash kernels (one block of the model).
     """
+
+    SLOPE_RANGE = (2.0, 0.125)  # per frame: the sharpest and the broadest head at initialisation
 
     def __init__(
         self, block: DiTBlock, lora_targets: tuple[str, ...], rank: int, alpha: float,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, time_rope: bool = False, time_bias: bool = False,
     ) -> None:
         super().__init__()
         d = block.norm1.normalized_shape[0]
+        self.num_heads = block.attn.num_heads
+        self.time_rope = time_rope
         self.modality_embed = nn.Parameter(torch.zeros(2, d))  # row 0 video, row 1 audio
         self.attn_gate = nn.Parameter(torch.zeros(2, d))
         self.mlp_gate = nn.Parameter(torch.zeros(2, d))
         self.lora = block_lora(block, lora_targets, rank, alpha, generator)
+        self.time_slopes: nn.Parameter | None = None  # log of the per-head slopes
+        if time_bias:
+            hi, lo = self.SLOPE_RANGE
+            self.time_slopes = nn.Parameter(torch.linspace(math.log(hi), math.log(lo), self.num_heads))
+
+    def time_score_bias(self, times: Tensor) -> Tensor:
+        """(1, heads, n, n) ``-slope_h |t_i - t_j|`` for token times (n,) in frames."""
+        assert self.time_slopes is not None
+        distance = (times[:, None] - times[None, :]).abs()  # (n, n)
+        return -(self.time_slopes.exp()[:, None, None] * distance).unsqueeze(0)
 
     def forward(self, block: DiTBlock, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor,
-                rotary: TimeRotary | None = None) -> tuple[Tensor, Tensor]:
-        # xv (b, f*n_v, d) all frames of a clip; xa (b, n_a, d); cv, ca (b, d); rotary over the f*n_v + n_a tokens
+                times: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # xv (b, f*n_v, d) all frames of a clip; xa (b, n_a, d); cv, ca (b, d); times (f*n_v + n_a,) in frames
         # Each modality keeps its own adaLN modulation (its own timestep); only attention mixes them.
         sv, sa = block.modulation(cv), block.modulation(ca)  # shift/scale/gate msa, then mlp: six (b, d)
         lora = self.lora if len(self.lora) else None
         hv = modulate(block.norm1(xv), sv[0], sv[1]) + self.modality_embed[0].to(xv.dtype)
         ha = modulate(block.norm1(xa), sa[0], sa[1]) + self.modality_embed[1].to(xa.dtype)
-        o = block.attention(torch.cat([hv, ha], dim=1), lora, rotary)  # (b, f*n_v + n_a, d)
+        rotary = bias = None
+        if times is not None and self.time_rope:
+            rotary = TimeRotary(times, xv.shape[-1] // self.num_heads)
+        if times is not None and self.time_slopes is not None:
+            bias = self.time_score_bias(times)
+        o = block.attention(torch.cat([hv, ha], dim=1), lora, rotary, bias)  # (b, f*n_v + n_a, d)
         ov, oa = o.split([xv.shape[1], xa.shape[1]], dim=1)
         xv = xv + self.attn_gate[0] * (sv[2].unsqueeze(1) * ov)
         xa = xa + self.attn_gate[1] * (sa[2].unsqueeze(1) * oa)

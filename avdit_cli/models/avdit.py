@@ -8,7 +8,7 @@ for each frozen block k:
     video: spatial attn -> temporal attn (new, zero out) -> MLP         (b f) n_v d
     audio: the same block with audio LoRA (new, B zero)                   b n_a d
     if k in joint_after: joint block over b (f n_v + n_a) d               (frozen block k + new adapter;
-                         queries and keys rotated by each token's time: TimeRotary)
+                         each token's time on one clock: rotary queries/keys, time-distance score bias)
 video: final_layer (frozen) -> (b, f, 2c, h, w);  audio: audio_final_layer (new, zero) -> (b, 2c_a, T_a, M_a)
 ```
 
@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from avdit_cli.config import Config, ModelConfig, TemporalPos
 from avdit_cli.errors import ConfigError, WeightsError
-from avdit_cli.models.adapters import JointBlockAdapter, TemporalAttention, TimeRotary, block_lora
+from avdit_cli.models.adapters import JointBlockAdapter, TemporalAttention, block_lora
 from avdit_cli.models.dit import DiT, FinalLayer, sincos_1d, sincos_2d
 
 
@@ -90,7 +90,7 @@ class AVDiT(nn.Module):
         after = sorted({k % backbone.depth for k in cfg.joint_after}) if cfg.joint else []
         self.joint = nn.ModuleDict({
             str(k): JointBlockAdapter(backbone.blocks[k], cfg.lora_targets, cfg.joint_lora_rank, cfg.lora_alpha,
-                                      generator)
+                                      generator, time_rope=cfg.joint_time_rope, time_bias=cfg.joint_time_bias)
             for k in after
         })
 
@@ -204,10 +204,10 @@ class AVDiT(nn.Module):
         return torch.cat([video, audio])
 
     def _joint_block(self, k: int, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor, num_frames: int,
-                     rotary: TimeRotary | None) -> tuple[Tensor, Tensor]:
+                     times: Tensor | None) -> tuple[Tensor, Tensor]:
         n = xv.shape[1]
         clip = rearrange(xv, "(b f) n d -> b (f n) d", f=num_frames)  # all tokens of one clip in one sequence
-        clip, xa = self.joint[str(k)](self.backbone.blocks[k], clip, xa, cv, ca, rotary)
+        clip, xa = self.joint[str(k)](self.backbone.blocks[k], clip, xa, cv, ca, times)
         return rearrange(clip, "b (f n) d -> (b f) n d", n=n), xa
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -240,15 +240,13 @@ class AVDiT(nn.Module):
         ca = cv if t_audio is None else self._condition(t_audio, y)
         cv_frames = repeat(cv, "b d -> (b f) d", f=f)
         tpos = self._temporal_pos(f, xv.device)
-        rotary = None
-        if self.joint and self.cfg.joint_time_rope:
-            rotary = TimeRotary(self.joint_token_times(f, gh, gw, xv.device), bb.hidden_size // bb.num_heads)
+        times = self.joint_token_times(f, gh, gw, xv.device) if len(self.joint) else None
 
         for k in range(bb.depth):
             xv = self._call(self._video_block, k, xv, cv_frames, f, tpos)
             xa = self._call(self._audio_block, k, xa, ca)
             if str(k) in self.joint:
-                xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f, rotary)
+                xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f, times)
 
         video_out = bb.unpatchify(bb.final_layer(xv, cv_frames), bb.grid_size, bb.grid_size)  # (b f) 2c h w
         audio_out = rearrange(
