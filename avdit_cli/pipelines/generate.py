@@ -225,7 +225,8 @@ def decode(latents: dict[str, torch.Tensor], codecs: Codecs, clip_samples: int) 
 
 def mel_image(wave: np.ndarray, codecs: Codecs) -> np.ndarray:
     """A (M, T) uint8 picture of a waveform's log-mel, low frequencies at the bottom."""
-    mel = codecs.mel(torch.tensor(wave)[None].to(codecs.device))  # a copy: decoded audio may be read-only[0, 0].float().cpu().numpy()  # (T, M)
+    # torch.tensor copies: audio read back from a file may be a read-only array
+    mel = codecs.mel(torch.tensor(wave)[None].to(codecs.device))[0, 0].float().cpu().numpy()  # (T, M)
     lo, hi = np.percentile(mel, 1), np.percentile(mel, 99.5)
     img = np.clip((mel - lo) / max(hi - lo, 1e-6), 0, 1)
     return (img.T[::-1] * 255).astype(np.uint8)
