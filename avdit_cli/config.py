@@ -215,6 +215,9 @@ class DiffusionConfig:
     independent_timesteps: bool = False
     # Min-SNR-γ loss weighting (Hang et al. 2023) of the eps MSE; 0 turns it off (DiT's plain L_simple).
     min_snr_gamma: float = 0.0
+    # The video noise's correlation across the frames of a clip (PYoCo's mixed noise prior, Ge et al. 2023):
+    # each frame's noise is sqrt(rho) shared + sqrt(1 - rho) own. 0: independent frames (DiT, the paper).
+    video_noise_correlation: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,8 @@ def validate(cfg: Config) -> None:
               f"audio_patch_size x audio codec factor ({d.audio_factor})")
     if not 0 < df.beta_start < df.beta_end < 1:
         _fail("diffusion.beta_end", df.beta_end, f"0 < beta_start ({df.beta_start}) < beta_end < 1")
+    if not 0 <= df.video_noise_correlation < 1:
+        _fail("diffusion.video_noise_correlation", df.video_noise_correlation, "a number in [0, 1)")
     if df.min_snr_gamma < 0:
         _fail("diffusion.min_snr_gamma", df.min_snr_gamma, "a number >= 0 (0 turns the weighting off)")
     if df.video_loss_weight < 0 or df.audio_loss_weight < 0:

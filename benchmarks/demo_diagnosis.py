@@ -38,7 +38,8 @@ from avdit_cli.data.clips import Clip
 from avdit_cli.diffusion import Diffusion, sample
 from avdit_cli.models import DiT
 from avdit_cli.pipelines.demo import GroupScore, read_clips, score_group, shipped_run
-from avdit_cli.pipelines.generate import CHANNEL_DIMS, VOCODER_SEED, decode, load_run_model, open_checkpoint
+from avdit_cli.pipelines.generate import (CHANNEL_DIMS, VOCODER_SEED, decode, load_run_model, noise_correlation,
+                                         open_checkpoint)
 from avdit_cli.pipelines.preprocess import encode_clips
 
 COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves",
@@ -67,7 +68,7 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
                    {k: (len(idx), *v) for k, v in shapes.items()}, CHANNEL_DIMS, diffusion,
                    sampler=cfg.sample.sampler, steps=cfg.sample.steps, eta=cfg.sample.eta, generator=gens,
                    known=kn or None, known_mode="timestep" if cfg.diffusion.independent_timesteps else "replace",
-                   clip_denoised=clip_bounds(cfg, codecs))
+                   clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg))
         fr, wv = decode(z, codecs, cfg.data.clip_samples)
         frames.extend(fr)
         waves.extend(wv)

@@ -328,3 +328,25 @@ def test_full_mode_trains_the_backbone_too_and_generates(env: Env, tmp_path: Pat
     torch.testing.assert_close(model.backbone.state_dict()[moved[0]], ckpt.model[f"backbone.{moved[0]}"])
     out = generate(GenerateOptions(out_dir=tmp_path / "gen", num=1, checkpoint=result.run_dir, steps=2))
     assert len(out.files) == 1 and out.files[0].stat().st_size > 0
+
+
+def test_video_noise_correlation_reaches_the_training_noise(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avdit_cli.data.cache import LatentCache
+    from avdit_cli.diffusion import Diffusion
+
+    seen = {}
+
+    def capture(diffusion, model_fn, x0, t, channel_dims, *, noise, **kw):
+        seen.update(noise)
+        return {"loss": torch.zeros(())}
+
+    monkeypatch.setattr(ft, "training_losses", capture)
+    cache = LatentCache(env.cache)
+    batch = {k: torch.stack([cache[i][k] for i in range(4)]) for k in ("video", "audio", "audio_ok")}
+    for rho, low, high in ((0.0, -0.3, 0.3), (0.9, 0.8, 1.0)):
+        cfg = env.cfg(f"diffusion.video_noise_correlation={rho}")
+        ft._step_terms(lambda *a: None, Diffusion.from_config(cfg.diffusion), cfg, batch, torch.arange(4), 0,
+                       torch.device("cpu"), pretrain=False)
+        v = seen["video"]  # (b, f, c, h, w)
+        corr = float(torch.corrcoef(torch.stack([v[:, 0].flatten(), v[:, -1].flatten()]))[0, 1])
+        assert low < corr < high, (rho, corr)

@@ -432,3 +432,32 @@ def test_x0_clamped_to_each_modalitys_range(diffusion, sampler) -> None:
     assert free["video"].mean() > 2.5 and free["video"].max() > 1.5
     assert clamped["video"].max() <= 1.5 + 0.05 and clamped["video"].min() >= -1.0 - 0.05
     torch.testing.assert_close(clamped["audio"], free["audio"])
+
+
+def test_mixed_noise_correlates_frames_and_keeps_unit_variance() -> None:
+    from avdit_cli.diffusion.samplers import mixed_noise
+
+    g = torch.Generator().manual_seed(0)
+    z = mixed_noise((4000, 3, 8), g, axis=1, rho=0.5)  # 4000 clips of 3 "frames"
+    flat = z.reshape(4000, 3, 8)
+    assert abs(float(z.var()) - 1.0) < 0.02 and abs(float(z.mean())) < 0.02
+    corr = torch.corrcoef(torch.stack([flat[:, 0].flatten(), flat[:, 2].flatten()]))[0, 1]
+    assert abs(float(corr) - 0.5) < 0.02
+    # rho = 0 is exactly torch.randn (the same draws, so runs without the prior are unchanged)
+    torch.testing.assert_close(mixed_noise((2, 3), torch.Generator().manual_seed(7), 1, 0.0),
+                               torch.randn((2, 3), generator=torch.Generator().manual_seed(7)))
+
+
+def test_noise_correlation_reaches_every_draw_of_its_modality(diffusion) -> None:
+    """x_T of a correlated modality has correlated frames; the other modality does not; DDPM's per-step noise too
+    (a model that predicts eps = 0 leaves x_T's structure in the result)."""
+    shapes = {"video": (256, 4, 1, 2, 2), "audio": (256, 1, 2, 2)}
+    zero = lambda x, t: {m: torch.cat([torch.zeros_like(v), torch.zeros_like(v)], dim=CD[m]) for m, v in x.items()}
+    out = sample(zero, shapes, CD, diffusion, sampler="ddpm", steps=5, generator=torch.Generator().manual_seed(0),
+                 noise_correlation={"video": (1, 0.8)})
+    v = out["video"]
+    corr = torch.corrcoef(torch.stack([v[:, 0].flatten(), v[:, 3].flatten()]))[0, 1]
+    assert float(corr) > 0.6
+    plain = sample(zero, shapes, CD, diffusion, sampler="ddpm", steps=5, generator=torch.Generator().manual_seed(0))
+    corr0 = torch.corrcoef(torch.stack([plain["video"][:, 0].flatten(), plain["video"][:, 3].flatten()]))[0, 1]
+    assert abs(float(corr0)) < 0.15

@@ -34,16 +34,40 @@ Progress = Callable[[int, int], None]
 
 
 Generators = torch.Generator | Sequence[torch.Generator]
+NoiseFn = Callable[[str, Sequence[int], torch.device, torch.dtype], Tensor]  # (modality, shape, device, dtype)
 
 
-def _randn(shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype) -> Tensor:
+Correlation = tuple[int, float]  # (axis of the full shape, rho): see mixed_noise
+
+
+def mixed_noise(shape: Sequence[int], generator: torch.Generator, axis: int | None = None, rho: float = 0.0
+                ) -> Tensor:
+    """Standard normal noise of ``shape`` (float32, on the generator's device); with ``axis`` and ``rho > 0``
+    every slice along ``axis`` shares a part: ``sqrt(rho) shared + sqrt(1 - rho) own``.
+
+    That is the "mixed" noise prior of PYoCo (Ge et al. 2023, "Preserve Your Own Correlation: A Noise Prior for
+    Video Diffusion Models"), for frames: each element stays N(0, 1), so an image model applied to one frame
+    sees the noise it was trained on, while the frames of a clip start out alike (correlation ``rho``), as
+    the frames of a video are. ``rho = 0`` draws exactly what ``torch.randn`` draws.
+    """
+    own = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    if axis is None or rho <= 0:
+        return own
+    shared = torch.randn(tuple(s for i, s in enumerate(shape) if i != axis), generator=generator,
+                         device=generator.device, dtype=torch.float32).unsqueeze(axis)
+    return math.sqrt(1.0 - rho) * own + math.sqrt(rho) * shared
+
+
+def _randn(shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype,
+           correlation: Correlation | None = None) -> Tensor:
+    axis, rho = correlation if correlation is not None else (None, 0.0)
     if isinstance(generator, torch.Generator):
-        z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+        z = mixed_noise(shape, generator, axis, rho)
     else:  # one generator per sample: (b, ...) stacked from b draws of shape (...)
         if len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32)
-                         for g in generator])
+        inner = None if axis is None else axis - 1  # the axis within one sample
+        z = torch.stack([mixed_noise(shape[1:], g, inner, rho) for g in generator])
     return z.to(device=device, dtype=dtype)
 
 
@@ -74,6 +98,7 @@ def sample(
     progress: Progress | None = None,
     respacing: str | Sequence[int] | None = None,
     clip_denoised: bool | Mapping[str, tuple[float, float] | None] = False,
+    noise_correlation: Mapping[str, Correlation] | None = None,
 ) -> dict[str, Tensor]:
     """Generate every modality in ``shapes`` (full shapes with the batch dim, e.g. video (b, f, c, h, w)).
 
@@ -81,7 +106,10 @@ def sample(
     ``eta`` is used by DDIM only. ``progress(done, total)`` is called after each step.
     ``clip_denoised``: clamp every step's x_0 prediction, to [-1, 1] for every modality (``True``) or to a
     range per modality (a mapping; a modality missing or mapped to None is not clamped), as data with known
-    bounds (pixels) allow. Returns a dict with every modality of ``shapes`` and ``known``.
+    bounds (pixels) allow. ``noise_correlation``: per modality ``(axis, rho)``, the mixed noise prior the model
+    was trained with (:func:`mixed_noise`, e.g. ``{"video": (1, 0.5)}`` for frames), for every draw of that
+    modality (x_T, DDPM's and DDIM's step noise, a known modality's noising). Returns a dict with every
+    modality of ``shapes`` and ``known``.
     """
     sampler = Sampler(sampler)
     device = torch.device(device)
@@ -100,11 +128,16 @@ def sample(
     spacing = respacing if respacing is not None else default_respacing(sampler, steps)
     chain = diffusion.respaced(space_timesteps(diffusion.num_timesteps, spacing))
     n = chain.num_timesteps
+    correlations = dict(noise_correlation or {})
+
+    def noise(m: str, shape: Sequence[int], dev: torch.device, dt: torch.dtype) -> Tensor:
+        return _randn(shape, generator, dev, dt, correlations.get(m))
+
     step_fn = {Sampler.DDPM: _DDPM, Sampler.DDIM: _DDIM, Sampler.DPM_SOLVER: _DPMSolverPP2M}[sampler](
-        chain, channel_dims, generator, clip_denoised, eta
+        chain, channel_dims, noise, clip_denoised, eta
     )
 
-    x = {m: _randn(shapes[m], generator, device, dtype) for m in generated}  # x_T
+    x = {m: noise(m, shapes[m], device, dtype) for m in generated}  # x_T
     zeros = torch.zeros(b, dtype=torch.long, device=device)
     for done, i in enumerate(range(n - 1, -1, -1), start=1):
         t = torch.full((b,), i, dtype=torch.long, device=device)  # index into the respaced chain
@@ -115,7 +148,7 @@ def sample(
             if known_mode == "timestep":
                 inputs[m], t_in[m] = known[m], zeros
             else:
-                inputs[m] = chain.q_sample(known[m], t, _randn(known[m].shape, generator, device, dtype))
+                inputs[m] = chain.q_sample(known[m], t, noise(m, known[m].shape, device, dtype))
                 t_in[m] = t_model
         out = model_fn(inputs, t_in)
         for m in generated:
@@ -129,10 +162,10 @@ class _Step:
     """One sampler's update x_i -> x_{i-1} for one modality, at index i of the respaced chain."""
 
     def __init__(
-        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators,
+        self, chain: Diffusion, channel_dims: Mapping[str, int], noise: NoiseFn,
         clip: bool | Mapping[str, tuple[float, float] | None], eta: float
     ) -> None:
-        self.chain, self.channel_dims, self.generator, self.clip, self.eta = chain, channel_dims, generator, clip, eta
+        self.chain, self.channel_dims, self.noise, self.clip, self.eta = chain, channel_dims, noise, clip, eta
 
     def bounds(self, m: str) -> tuple[float, float] | None:
         """The x_0 range of modality m, or None (no clamp)."""
@@ -160,7 +193,7 @@ class _DDPM(_Step):
         p = self.chain.p_mean_variance(out, x, t, self.channel_dims[m], clip_denoised=self.bounds(m))
         if i == 0:
             return p.mean
-        return p.mean + torch.exp(0.5 * p.log_variance) * _randn(x.shape, self.generator, x.device, x.dtype)
+        return p.mean + torch.exp(0.5 * p.log_variance) * self.noise(m, x.shape, x.device, x.dtype)
 
 
 class _DDIM(_Step):
@@ -175,7 +208,7 @@ class _DDIM(_Step):
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
         x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0 and i > 0:
-            x_prev = x_prev + sigma * _randn(x.shape, self.generator, x.device, x.dtype)
+            x_prev = x_prev + sigma * self.noise(m, x.shape, x.device, x.dtype)
         return x_prev
 
 
@@ -191,10 +224,10 @@ class _DPMSolverPP2M(_Step):
     """
 
     def __init__(
-        self, chain: Diffusion, channel_dims: Mapping[str, int], generator: Generators,
+        self, chain: Diffusion, channel_dims: Mapping[str, int], noise: NoiseFn,
         clip: bool | Mapping[str, tuple[float, float] | None], eta: float
     ) -> None:
-        super().__init__(chain, channel_dims, generator, clip, eta)
+        super().__init__(chain, channel_dims, noise, clip, eta)
         ab = chain.alphas_cumprod
         self.alpha = ab.sqrt()
         self.sigma = (1 - ab).sqrt()

@@ -40,6 +40,7 @@ from avdit_cli import __version__
 from avdit_cli.config import Config, LrSchedule, Precision, TrainMode
 from avdit_cli.data.cache import MANIFEST, LatentCache, audio_ok
 from avdit_cli.diffusion import Diffusion, training_losses
+from avdit_cli.diffusion.samplers import mixed_noise
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors
 from avdit_cli.models import AVDiT, DiT
@@ -559,7 +560,9 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         return terms, {}
     t_video = draw_t()
     t_audio = draw_t() if cfg.diffusion.independent_timesteps else t_video
-    noise = {"video": draw_noise(video), "audio": draw_noise(audio)}
+    rho = cfg.diffusion.video_noise_correlation  # frames (axis 0 of one clip's (f, c, h, w)) share a part
+    video_noise = torch.stack([mixed_noise(video.shape[1:], g, 0, rho) for g in gens]).to(dev, video.dtype)
+    noise = {"video": video_noise, "audio": draw_noise(audio)}
     y = None
     if cfg.model.trainable_class_table and cfg.model.num_classes > 0:
         labels = batch["label"].to(dev)

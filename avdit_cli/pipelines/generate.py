@@ -155,6 +155,12 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
     return cfg
 
 
+def noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
+    """The sampler's noise correlation for a run: its video noise prior (frames, axis 1 of (b, f, c, h, w))."""
+    rho = cfg.diffusion.video_noise_correlation
+    return {"video": (1, rho)} if rho > 0 else {}
+
+
 def plan_batches(num: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
     """This rank's batches of sample indices. Batches are cut from 0..num-1 first, then dealt round-robin, so
     a batch holds the same samples whatever the world size (no duplicates, no gaps over the ranks)."""
@@ -331,7 +337,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
 
         latents = sample(model_fn, {k: (b, *v) for k, v in shapes.items()}, CHANNEL_DIMS, diffusion,
                          sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens, device=dev,
-                         known=known or None, known_mode=known_mode, progress=on_step, clip_denoised=clip)
+                         known=known or None, known_mode=known_mode, progress=on_step, clip_denoised=clip,
+                         noise_correlation=noise_correlation(cfg))
         t1 = time.perf_counter()
         frames, waves = decode(latents, codecs, cfg.data.clip_samples)
         if given is not None and given_modality == "audio":
