@@ -124,6 +124,9 @@ class ModelConfig:
     # A learnable per-head bias -slope |t_i - t_j| on the joint block's attention scores (ALiBi on time), so an
     # audio token starts out looking at the frames it sounds in (adapters.JointBlockAdapter).
     joint_time_bias: bool = True
+    # The joint block's attention only across modalities (video tokens attend to audio tokens and back), so it
+    # cannot become extra self-attention of one modality (adapters.JointBlockAdapter).
+    joint_cross_only: bool = False
     # A trainable class table (zero-initialised offset) for class-conditional fine-tuning (Landscape).
     trainable_class_table: bool = False
     grad_checkpointing: bool = False

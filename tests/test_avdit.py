@@ -328,3 +328,28 @@ def test_the_time_bias_starts_local_and_its_slopes_learn() -> None:
     (out["audio"].square().mean() + out["video"].square().mean()).backward()
     assert adapter.time_slopes.grad is not None and adapter.time_slopes.grad.abs().max() > 0
     assert build(joint_after=(-1,), joint_time_bias=False).joint["1"].time_slopes is None
+
+
+def test_cross_only_joint_attention_sees_the_other_modality_only() -> None:
+    from avdit_cli.models.adapters import cross_modal_mask
+
+    mask = cross_modal_mask(3, 2, torch.device("cpu"))[0, 0]
+    assert mask.shape == (5, 5)
+    assert torch.isinf(mask[:3, :3]).all() and torch.isinf(mask[3:, 3:]).all()
+    assert (mask[:3, 3:] == 0).all() and (mask[3:, :3] == 0).all()
+    # with it, a video input change reaches the audio only through the joint block, and audio tokens do not mix
+    # among themselves there: changing one clip's audio leaves the joint block's audio branch unmoved (its
+    # attention reads video only) as long as the video is the same
+    model = build(joint_after=(-1,), joint_cross_only=True).eval()
+    randomize_adapters(model, scale=0.5)
+    adapter, block = model.joint["1"], model.backbone.blocks[1]
+    g = torch.Generator().manual_seed(3)
+    xv, xa, c = torch.randn(1, 3 * 16, 32, generator=g), torch.randn(1, 8, 32, generator=g), torch.randn(1, 32, generator=g)
+    times = torch.cat([torch.arange(3.0).repeat_interleave(16), torch.linspace(0, 2, 8)])
+    with torch.no_grad():
+        _, a1 = adapter(block, xv, xa, c, c, times)
+        xa2 = xa.clone()
+        xa2[:, 0] += 1.0  # move one audio token
+        _, a2 = adapter(block, xv, xa2, c, c, times)
+    # the other audio tokens' outputs do not depend on token 0 (no audio-audio attention in this block)
+    torch.testing.assert_close(a1[:, 1:], a2[:, 1:])

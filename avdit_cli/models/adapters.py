@@ -113,6 +113,14 @@ class TimeRotary:
         return x * self.cos.to(x.dtype) + rotated_half * self.sin.to(x.dtype)
 
 
+def cross_modal_mask(n_video: int, n_audio: int, device: torch.device) -> Tensor:
+    """(1, 1, n, n) additive scores, n = n_video + n_audio: 0 between a video and an audio token, -inf within
+    one modality (queries and keys in the order video tokens, then audio tokens)."""
+    video = torch.arange(n_video + n_audio, device=device) < n_video
+    same = video[:, None] == video[None, :]
+    return torch.zeros(same.shape, device=device).masked_fill(same, float("-inf"))[None, None]
+
+
 class JointBlockAdapter(nn.Module):
     """Trainable parts of a joint block; the frozen DiT block is passed in at call time.
 
@@ -128,6 +136,10 @@ class JointBlockAdapter(nn.Module):
     when it is heard: the bias starts every audio token looking at its own frames, out of the thousands of
     tokens of a clip, and the slopes learn how far to look. It costs a (heads, n, n) score bias, so the joint
     block's attention runs without flash kernels (one block of the model).
+
+    With ``cross_only`` a token attends to the other modality's tokens only (video to audio, audio to video):
+    the joint block then cannot serve as extra self-attention for either modality, which training otherwise
+    finds easier to use than the cross-modal path it exists for.
     """
 
     SLOPE_RANGE = (2.0, 0.125)  # per frame: the sharpest and the broadest head at initialisation
@@ -135,11 +147,13 @@ class JointBlockAdapter(nn.Module):
     def __init__(
         self, block: DiTBlock, lora_targets: tuple[str, ...], rank: int, alpha: float,
         generator: torch.Generator | None = None, time_rope: bool = False, time_bias: bool = False,
+        cross_only: bool = False,
     ) -> None:
         super().__init__()
         d = block.norm1.normalized_shape[0]
         self.num_heads = block.attn.num_heads
         self.time_rope = time_rope
+        self.cross_only = cross_only
         self.modality_embed = nn.Parameter(torch.zeros(2, d))  # row 0 video, row 1 audio
         self.attn_gate = nn.Parameter(torch.zeros(2, d))
         self.mlp_gate = nn.Parameter(torch.zeros(2, d))
@@ -168,6 +182,9 @@ class JointBlockAdapter(nn.Module):
             rotary = TimeRotary(times, xv.shape[-1] // self.num_heads)
         if times is not None and self.time_slopes is not None:
             bias = self.time_score_bias(times)
+        if self.cross_only:
+            block_diag = cross_modal_mask(xv.shape[1], xa.shape[1], xv.device)  # (1, 1, n, n)
+            bias = block_diag if bias is None else bias + block_diag
         o = block.attention(torch.cat([hv, ha], dim=1), lora, rotary, bias)  # (b, f*n_v + n_a, d)
         ov, oa = o.split([xv.shape[1], xa.shape[1]], dim=1)
         xv = xv + self.attn_gate[0] * (sv[2].unsqueeze(1) * ov)

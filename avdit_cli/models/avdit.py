@@ -90,7 +90,8 @@ class AVDiT(nn.Module):
         after = sorted({k % backbone.depth for k in cfg.joint_after}) if cfg.joint else []
         self.joint = nn.ModuleDict({
             str(k): JointBlockAdapter(backbone.blocks[k], cfg.lora_targets, cfg.joint_lora_rank, cfg.lora_alpha,
-                                      generator, time_rope=cfg.joint_time_rope, time_bias=cfg.joint_time_bias)
+                                      generator, time_rope=cfg.joint_time_rope, time_bias=cfg.joint_time_bias,
+                                      cross_only=cfg.joint_cross_only)
             for k in after
         })
 
