@@ -114,7 +114,8 @@ def test_paper_codecs_from_downloaded_stand_ins(served_codecs: Path, env: Path,
         mean = ref.encode(frames[:2]).latent_dist.mean
         torch.testing.assert_close(z[:2], mean * 0.18215, atol=1e-5, rtol=1e-4)
         back = codecs.video.decode(z[:2])
-        torch.testing.assert_close(back, ref.decode(mean).sample, atol=1e-5, rtol=1e-4)
+        # z / 0.18215 is not bit-identical to `mean`, and the decoder amplifies that rounding: 1e-4, not 1e-5.
+        torch.testing.assert_close(back, ref.decode(mean).sample, atol=1e-4, rtol=1e-4)
     assert back.shape == (2, 3, 256, 256)
 
     # Audio: the paper's 1.6 s clip -> mel (1, 160, 64) -> latents (8, 40, 16), scaled by its config (0.75).
