@@ -329,6 +329,14 @@ def test_the_time_bias_starts_local_and_its_slopes_learn() -> None:
     assert adapter.time_slopes.grad is not None and adapter.time_slopes.grad.abs().max() > 0
     assert build(joint_after=(-1,), joint_time_bias=False).joint["1"].time_slopes is None
 
+    # fixed slopes (ALiBi): the same bias, from a buffer that is neither trained nor saved
+    fixed = build(joint_after=(-1,), joint_time_bias_learned=False)
+    slopes = fixed.joint["1"].time_slopes
+    assert not isinstance(slopes, torch.nn.Parameter) and not slopes.requires_grad
+    torch.testing.assert_close(fixed.joint["1"].time_score_bias(times), bias.detach())
+    assert not any("time_slopes" in name for name in fixed.adapter_state_dict())
+    assert not any("time_slopes" in name for name in fixed.state_dict())
+
 
 def test_cross_only_joint_attention_sees_the_other_modality_only() -> None:
     from avdit_cli.models.adapters import cross_modal_mask

@@ -131,8 +131,9 @@ class JointBlockAdapter(nn.Module):
 
     Time (``times``, each token's time in frames on the clip's one clock): with ``time_rope`` the queries and
     keys are rotated by it (:class:`TimeRotary`); with ``time_bias`` every score gets ``-slope_h |t_i - t_j|``
-    (ALiBi, Press et al. 2022, on time rather than sequence position), one learnable slope per head,
-    initialised from 2 (a token one frame away loses e^-2) to 1/8 per frame. A sound is caused by what happens
+    (ALiBi, Press et al. 2022, on time rather than sequence position), one slope per head,
+    initialised from 2 (a token one frame away loses e^-2) to 1/8 per frame, learned or (``learned_slopes=False``)
+    kept fixed as in ALiBi. A sound is caused by what happens
     when it is heard: the bias starts every audio token looking at its own frames, out of the thousands of
     tokens of a clip, and the slopes learn how far to look. It costs a (heads, n, n) score bias, so the joint
     block's attention runs without flash kernels (one block of the model).
@@ -147,7 +148,7 @@ class JointBlockAdapter(nn.Module):
     def __init__(
         self, block: DiTBlock, lora_targets: tuple[str, ...], rank: int, alpha: float,
         generator: torch.Generator | None = None, time_rope: bool = False, time_bias: bool = False,
-        cross_only: bool = False,
+        cross_only: bool = False, learned_slopes: bool = True,
     ) -> None:
         super().__init__()
         d = block.norm1.normalized_shape[0]
@@ -158,10 +159,15 @@ class JointBlockAdapter(nn.Module):
         self.attn_gate = nn.Parameter(torch.zeros(2, d))
         self.mlp_gate = nn.Parameter(torch.zeros(2, d))
         self.lora = block_lora(block, lora_targets, rank, alpha, generator)
-        self.time_slopes: nn.Parameter | None = None  # log of the per-head slopes
+        self.time_slopes: Tensor | None = None  # log of the per-head slopes
         if time_bias:
             hi, lo = self.SLOPE_RANGE
-            self.time_slopes = nn.Parameter(torch.linspace(math.log(hi), math.log(lo), self.num_heads))
+            log_slopes = torch.linspace(math.log(hi), math.log(lo), self.num_heads)
+            if learned_slopes:
+                self.time_slopes = nn.Parameter(log_slopes)
+            else:  # ALiBi's fixed slopes: a buffer, neither trained nor saved
+                del self.time_slopes
+                self.register_buffer("time_slopes", log_slopes, persistent=False)
 
     def time_score_bias(self, times: Tensor) -> Tensor:
         """(1, heads, n, n) ``-slope_h |t_i - t_j|`` for token times (n,) in frames."""

@@ -91,6 +91,7 @@ class AVDiT(nn.Module):
         self.joint = nn.ModuleDict({
             str(k): JointBlockAdapter(backbone.blocks[k], cfg.lora_targets, cfg.joint_lora_rank, cfg.lora_alpha,
                                       generator, time_rope=cfg.joint_time_rope, time_bias=cfg.joint_time_bias,
+                                      learned_slopes=cfg.joint_time_bias_learned,
                                       cross_only=cfg.joint_cross_only)
             for k in after
         })
