@@ -222,10 +222,6 @@ class DiffusionConfig:
     independent_timesteps: bool = False
     # Min-SNR-γ loss weighting (Hang et al. 2023) of the eps MSE; 0 turns it off (DiT's plain L_simple).
     min_snr_gamma: float = 0.0
-    # Truncated-SNR weighting (Salimans & Ho 2022) of the eps MSE: weight max(1, 1/SNR) capped at this value,
-    # i.e. an x0 loss at high noise, where the layout of a clip is decided and the eps MSE is nearly zero.
-    # 0 turns it off.
-    truncated_snr_max: float = 0.0
     # The video noise's correlation across the frames of a clip (PYoCo's mixed noise prior, Ge et al. 2023):
     # each frame's noise is sqrt(rho) shared + sqrt(1 - rho) own. 0: independent frames (DiT, the paper).
     video_noise_correlation: float = 0.0
@@ -384,8 +380,6 @@ def validate(cfg: Config) -> None:
         _fail("diffusion.video_noise_correlation", df.video_noise_correlation, "a number in [0, 1)")
     if df.min_snr_gamma < 0:
         _fail("diffusion.min_snr_gamma", df.min_snr_gamma, "a number >= 0 (0 turns the weighting off)")
-    if df.truncated_snr_max != 0 and df.truncated_snr_max < 1:
-        _fail("diffusion.truncated_snr_max", df.truncated_snr_max, "0 (off) or a cap >= 1 on the weight max(1, 1/SNR)")
     if df.video_loss_weight < 0 or df.audio_loss_weight < 0:
         _fail("diffusion.video_loss_weight", (df.video_loss_weight, df.audio_loss_weight), "weights >= 0")
     if t.lr <= 0:

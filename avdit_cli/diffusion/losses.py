@@ -67,7 +67,6 @@ def training_losses(
     loss_type: str | LossType = LossType.HYBRID,
     generator: torch.Generator | None = None,
     min_snr_gamma: float = 0.0,
-    truncated_snr_max: float = 0.0,
 ) -> dict[str, Tensor]:
     """Noise every modality to its t, run the model once on all of them, and score each.
 
@@ -81,12 +80,6 @@ def training_losses(
     Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", eq. for eps-prediction),
     SNR(t) = alpha_bar / (1 - alpha_bar): the nearly clean steps, whose large and noisy eps errors otherwise
     dominate the gradient, count less; the VLB term is left as it is.
-
-    truncated_snr_max: when > 0, each sample's eps MSE is also weighted by ``min(max(1, 1 / SNR(t)), cap)``:
-    the truncated-SNR weighting of Salimans & Ho 2022 ("Progressive Distillation", L = max(SNR, 1) ||x0 -
-    x0_hat||², here with a cap). At high noise the eps MSE tends to 0 whatever the model says about x0 (x_t is
-    nearly all noise, so eps is nearly x_t), although that is where a clip's layout, and its agreement across
-    frames, is decided; as an x0 loss those steps count again. Below SNR 1 it is the plain eps MSE.
 
     Returns per-sample (b,) terms ``NAME`` (the loss of that modality), ``NAME_mse`` (unweighted, for logs) and,
     for the hybrid loss with a learned variance, ``NAME_vb``; and the scalar ``loss`` = sum over modalities of
@@ -113,8 +106,6 @@ def training_losses(
         mse = mean_flat((noise[m] - eps) ** 2)
         terms[f"{m}_mse"] = mse
         total = mse if min_snr_gamma <= 0 else mse * min_snr_weight(diffusion, t[m], min_snr_gamma).to(mse)
-        if truncated_snr_max > 0:
-            total = total * truncated_snr_weight(diffusion, t[m], truncated_snr_max).to(mse)
         if loss_type is LossType.HYBRID and v is not None:
             # The VLB trains only the variance: the mean half is detached (DiT: frozen_out).
             frozen = torch.cat([eps.detach(), v], dim=cd)
@@ -133,13 +124,6 @@ def min_snr_weight(diffusion: Diffusion, t: Tensor, gamma: float) -> Tensor:
     ab = diffusion.alphas_cumprod[t.cpu()]  # float64 buffer on the CPU
     snr = ab / (1 - ab)
     return (snr.clamp(max=gamma) / snr).float().to(t.device)
-
-
-def truncated_snr_weight(diffusion: Diffusion, t: Tensor, cap: float) -> Tensor:
-    """(b,) truncated-SNR weights of eps-prediction losses at timesteps t: ``min(max(1, 1 / SNR), cap)``."""
-    ab = diffusion.alphas_cumprod[t.cpu()]  # float64 buffer on the CPU
-    inv_snr = (1 - ab) / ab
-    return inv_snr.clamp(min=1.0, max=cap).float().to(t.device)
 
 
 def sample_timesteps(

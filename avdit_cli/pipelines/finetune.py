@@ -556,7 +556,6 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
                 diffusion, lambda x, tt: {"image": net(x["image"], tt["image"], None)},
                 {"image": images}, {"image": t}, {"image": 1}, noise={"image": noise},
                 loss_type=cfg.diffusion.loss.value, min_snr_gamma=cfg.diffusion.min_snr_gamma,
-                truncated_snr_max=cfg.diffusion.truncated_snr_max,
             )
         return terms, {}
     t_video = draw_t()
@@ -578,8 +577,7 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         terms = training_losses(diffusion, model_fn, {"video": video, "audio": audio},
                                 {"video": t_video, "audio": t_audio}, {"video": 2, "audio": 1}, noise=noise,
                                 loss_type=cfg.diffusion.loss.value,
-                                min_snr_gamma=cfg.diffusion.min_snr_gamma,
-                                truncated_snr_max=cfg.diffusion.truncated_snr_max)
+                                min_snr_gamma=cfg.diffusion.min_snr_gamma)
     return terms, masks
 
 
