@@ -8,11 +8,12 @@ from pathlib import Path
 
 import av
 import pytest
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from avdit_cli.cli.app import app
 from avdit_cli.errors import DataError
-from avdit_cli.pipelines.demo import DemoOptions, demo, prepare_demo_dir
+from avdit_cli.pipelines.demo import DemoOptions, demo, prepare_demo_dir, shipped_run
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +91,40 @@ def test_demo_cli_json_is_demo_json_and_stdout_holds_nothing_else(tmp_path: Path
                                           "final_loss", "eval_metrics"}
     assert printed["options"] == saved["options"] and printed["scores"][0]["name"] == "real"
     assert printed["eval_metrics"]["av-align"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_the_shipped_demo_models_are_small_exports_over_the_shipped_backbone(joint: bool) -> None:
+    from avdit_cli.pipelines.demo import SHIPPED_BACKBONE
+    from avdit_cli.pipelines.generate import open_checkpoint
+    from avdit_cli.pipelines.runs import backbone_reference
+
+    run = shipped_run(joint)
+    ckpt = open_checkpoint(run)
+    assert ckpt.config.model.joint is joint
+    # the paper's method: the backbone frozen, only adapter tensors (EMA) in the file
+    assert ckpt.state["mode"] == "finetune"
+    keys = list(safe_open(str(run / "trainable.safetensors"), framework="pt").keys())
+    assert keys and all(k.startswith("ema.") and ".backbone." not in k for k in keys)
+    assert any(k.startswith("ema.temporal.") for k in keys) and any(k.startswith("ema.joint.") for k in keys) is joint
+    assert backbone_reference(ckpt) == SHIPPED_BACKBONE.resolve()  # relative: it travels with the package
+    assert sum(p.stat().st_size for p in run.iterdir()) < 3_000_000  # a few MB at most, EMA adapters only
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert any(step.startswith("avdit finetune") for step in provenance["made_with"])
+    assert any(step.startswith("avdit export") for step in provenance["made_with"])
+    assert provenance["seconds_wall"] > 0
+
+
+def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--pretrained", "--no-joint", "-o", str(out), "--clips", "2",
+                                      "--seconds", "1.6", "-n", "2", "--set", "sample.steps=2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "demo.json").read_text())
+    assert report["options"]["pretrained"] is True and report["options"]["joint"] is False
+    assert "finetune" not in report["seconds"] and not (out / "runs").exists()  # nothing was trained
+    assert [g["name"] for g in report["scores"]] == ["real", "real, audio shuffled", "generated"]
+    assert report["scores"][2]["clips"] == 2
+    samples = json.loads((out / "samples" / "samples.json").read_text())
+    assert samples["steps"] == 2 and samples["sampler"] == "ddim"  # the demo's --set reaches the shipped model
+    assert samples["checkpoint"] == str(shipped_run(False).resolve())

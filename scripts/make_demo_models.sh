@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Make the demo models avdit ships, with avdit's own commands only:
+#   avdit_cli/assets/tiny-dit/             the tiny preset's frozen image backbone (frames only, never audio)
+#   avdit_cli/assets/demo-avdit/           AV-DiT adapters over it, joint block on   (avdit demo --pretrained)
+#   avdit_cli/assets/demo-avdit-no-joint/  the same recipe and budget, joint block off (... --no-joint)
+#
+# Usage: bash scripts/make_demo_models.sh WORKDIR      (from the repository root, with avdit installed)
+# Time on a 2-core CPU (2026-11-29, shared with other jobs): backbone 2 h, the two adapter runs 1 h side by side.
+# Each job runs on one thread: on 2 cores, two 1-thread jobs finish far sooner than two 2-thread ones.
+set -euo pipefail
+work=${1:?give a work folder}
+mkdir -p "$work"
+export AVDIT_RUNS="$work/runs" OMP_NUM_THREADS=1
+assets=avdit_cli/assets
+
+# 1. Data: 256 synthetic files of 6.4 s (seed 1000, disjoint from the demo's seed-0 data) -> 1024 clips.
+avdit demo --data-only --clips 256 --seconds 6.4 --seed 1000 -o "$work/data1000"
+avdit preprocess "$work/data1000/data" -o "$work/cache" -p tiny
+
+# 2. The image backbone: every DiT weight trained on single frames (pretrain mode: one timestep per frame),
+#    24000 steps of 8 clips x 16 frames, lr 1e-3, EMA 0.999; the EMA weights are written in the diffusers layout.
+avdit finetune -p tiny --pretrain --cache "$work/cache" --name bb64 \
+  --set train.steps=24000 --set train.warmup_steps=500 --set train.ema_decay=0.999 \
+  --set train.checkpoint_every=2000 --set train.log_every=100
+cp "$work/runs/bb64/backbone/config.json" "$work/runs/bb64/backbone/diffusion_pytorch_model.safetensors" \
+  "$assets/tiny-dit/"
+
+# 3. The adapters (backbone frozen), joint block on and off, side by side, same recipe and budget.
+recipe=(-p tiny --cache "$work/cache" --set "model.backbone_path=$PWD/$assets/tiny-dit"
+  --set model.lora_rank=8 --set model.joint_lora_rank=8
+  --set diffusion.min_snr_gamma=5 --set diffusion.independent_timesteps=true
+  --set train.steps=3500 --set train.lr=1e-3 --set train.lr_schedule=cosine --set train.warmup_steps=100
+  --set train.ema_decay=0.999 --set train.checkpoint_every=500 --set train.log_every=50 --set train.seed=0
+  --set sample.clip_denoised=true)
+avdit finetune "${recipe[@]}" --name final_joint > "$work/final_joint.log" 2>&1 &
+avdit finetune "${recipe[@]}" --set model.joint=false --name final_nojoint > "$work/final_nojoint.log" 2>&1 &
+wait
+
+# 4. Ship the EMA adapters only, with the backbone referenced by a path relative to the model folder.
+avdit export "$work/runs/final_joint" -o "$assets/demo-avdit" --backbone "$assets/tiny-dit"
+avdit export "$work/runs/final_nojoint" -o "$assets/demo-avdit-no-joint" --backbone "$assets/tiny-dit"
