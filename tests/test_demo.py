@@ -128,3 +128,10 @@ def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_
     samples = json.loads((out / "samples" / "samples.json").read_text())
     assert samples["steps"] == 2 and samples["sampler"] == "ddim"  # the demo's --set reaches the shipped model
     assert samples["checkpoint"] == str(shipped_run(False).resolve())
+    # the demo names its real clips, so `avdit eval DEMO/samples` needs no --ref, even after the folder moved
+    assert samples["reference"] == "../data"
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    result = CliRunner().invoke(app, ["eval", str(moved / "samples"), "--metrics", "av-align", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["av-align"]["status"] == "ok"

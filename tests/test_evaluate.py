@@ -227,6 +227,12 @@ def test_reference_from_a_cache_manifest_and_from_samples_json(media, extractors
     (gen / "samples.json").write_text(json.dumps({"seed": 0}))
     with pytest.raises(DataError, match="--ref"):
         ev.reference_folder(None, gen)
+    # a reference named by whoever made the samples (the demo), relative to the samples folder, comes first
+    (gen / "samples.json").write_text(json.dumps({"run_dir": str(run), "reference": "../real"}))
+    with pytest.raises(DataError, match="names is not there.*--ref"):
+        ev.reference_folder(None, gen)
+    (gen.parent / "real").mkdir()
+    assert ev.reference_folder(None, gen) == (gen.parent / "real").resolve()
 
 
 def test_bad_inputs_are_clear_and_good_files_still_score(extractors, tmp_path) -> None:

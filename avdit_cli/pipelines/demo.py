@@ -39,6 +39,7 @@ from avdit_cli.data.frame_stats import frame_stats
 from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score
 from avdit_cli.data.synthetic import make_dataset
 from avdit_cli.errors import DataError
+from avdit_cli.fileio import atomic_write_json
 from avdit_cli.metrics import av_align_score
 from avdit_cli.pipelines.evaluate import evaluate
 from avdit_cli.pipelines.finetune import finetune
@@ -247,6 +248,7 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
                                sampler=cfg.sample.sampler, steps=cfg.sample.steps)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
+    _name_reference(samples, data_dir)
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")
     real = timed("read_real", lambda: read_clips(files, cfg))
@@ -294,6 +296,15 @@ def _train(opts: DemoOptions, cfg: Config, data_dir: Path, out: Path, say: Log,
     ft = timed("finetune", lambda: finetune(ft_cfg, cache_dir=cache_dir, run_dir=runs / "finetune",
                                             on_step=_step_progress(say, "fine-tune")))
     return ft.run_dir, (ft.history[-1].loss if ft.history else math.nan)
+
+
+def _name_reference(samples: Path, data_dir: Path) -> None:
+    """Record the demo's real clips in samples.json (relative, so the demo folder can move): a later
+    `avdit eval DEMO/samples` then scores against them without --ref."""
+    path = samples / "samples.json"
+    meta = json.loads(path.read_text())
+    meta["reference"] = os.path.relpath(data_dir, samples)
+    atomic_write_json(path, meta)
 
 
 PROGRESS_EVERY_S = 20.0  # a long step says how far it is at least this often (a piped log is never silent)

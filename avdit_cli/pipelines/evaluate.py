@@ -236,6 +236,11 @@ def reference_folder(ref: Path | None, gen_dir: Path) -> Path:
             raise _need_ref(f"{gen_dir} has no {SAMPLES_JSON}, so its reference clips are unknown")
         # The run's cache: recorded, else where `preprocess` puts the cache of the run's (or samples') config.
         run = _run_dir(samples, gen_dir)
+        if samples.get("reference"):  # named by whoever made the samples (the demo: its real clips), relative
+            ref = (gen_dir / samples["reference"]).resolve()
+            if not ref.is_dir():
+                raise _need_ref(f"the reference {ref} that {SAMPLES_JSON} names is not there")
+            return ref
         if samples.get("cache_dir"):
             cache_dir = Path(samples["cache_dir"])
         elif run is not None:
