@@ -7,8 +7,10 @@ give (0666 minus the umask; ``mkstemp`` and safetensors create 0600), then renam
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -61,3 +63,19 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
         for block in iter(lambda: fh.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def plain(obj: Any) -> Any:
+    """Dataclasses, paths, tuples and dicts as JSON-ready data; NaN and infinities become null (JSON has no
+    spelling for them, and `jq` or a browser refuses Python's `NaN`)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -108,6 +108,8 @@ def test_the_shipped_demo_models_are_small_exports_over_the_shipped_backbone(joi
     assert keys and all(k.startswith("ema.") and ".backbone." not in k for k in keys)
     assert any(k.startswith("ema.temporal.") for k in keys) and any(k.startswith("ema.joint.") for k in keys) is joint
     assert backbone_reference(ckpt) == SHIPPED_BACKBONE.resolve()  # relative: it travels with the package
+    assert "/work" not in (run / "state.json").read_text()  # no path of the machine that trained it
+    assert ckpt.run_dir == run  # an export is a run folder of its own (samples.json names it)
     assert sum(p.stat().st_size for p in run.iterdir()) < 3_000_000  # a few MB at most, EMA adapters only
     provenance = json.loads((run / "provenance.json").read_text())
     assert any(step.startswith("avdit finetune") for step in provenance["made_with"])
@@ -123,6 +125,7 @@ def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_
     report = json.loads((out / "demo.json").read_text())
     assert report["options"]["pretrained"] is True and report["options"]["joint"] is False
     assert "finetune" not in report["seconds"] and not (out / "runs").exists()  # nothing was trained
+    assert report["model"] == str(shipped_run(False)) and report["final_loss"] is None  # strict JSON: no NaN
     assert [g["name"] for g in report["scores"]] == ["real", "real, audio shuffled", "generated"]
     assert report["scores"][2]["clips"] == 2
     samples = json.loads((out / "samples" / "samples.json").read_text())

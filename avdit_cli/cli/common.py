@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ import typer
 from rich.console import Console, ConsoleDimensions
 
 from avdit_cli.errors import AvditError
+from avdit_cli.fileio import plain  # noqa: F401  (re-exported: CLI modules import it from here)
 
 # Wide enough for any table row or log line a command prints; Rich sizes a table to its content, not to this.
 UNWRAPPED_WIDTH = 100_000
@@ -105,22 +104,6 @@ class PipedProgress:
         if self.enabled and (final or now - self._last >= PIPED_PROGRESS_EVERY_S):
             self._last = now
             self.out.print(line, highlight=False, soft_wrap=True)
-
-
-def plain(obj: Any) -> Any:
-    """Dataclasses, paths, tuples and dicts as JSON-ready data; NaN and infinities become null (JSON has no
-    spelling for them, and `jq` or a browser refuses Python's `NaN`)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def print_json(obj: Any) -> None:

@@ -68,7 +68,7 @@ def demo(
                           ("smooth moves", "right"), ("onsets/clip", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for g in result.scores:
-        note = f" ({g.sync_skipped} without events)" if g.sync_skipped else ""
+        note = f" ({g.sync_skipped} left out: no events)" if g.sync_skipped else ""
         table.add_row(g.name, str(g.clips), _num(g.sync_f1) + note, _num(g.av_align), _num(g.balls_per_frame, 2),
                       _pct(g.one_or_two_balls), _pct(g.noise_frames), _pct(g.smooth_moves),
                       _num(g.onsets_per_clip, 2))

@@ -13,7 +13,7 @@ from avdit_cli.pipelines.runs import export_checkpoint, latest_run
 
 @cli_errors
 def export(
-    run: Optional[Path] = typer.Argument(None, help="Run or checkpoint folder [default: the latest run]."),
+    run: Optional[Path] = typer.Argument(None, help="Run or checkpoint folder (default: the latest run).", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the exported checkpoint."),
     backbone: Optional[Path] = typer.Option(
         None, "--backbone", help="Reference this backbone folder (checked by sha256) by a path relative to OUT, "

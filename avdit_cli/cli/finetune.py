@@ -18,13 +18,13 @@ from avdit_cli.pipelines.runs import latest_run, read_checkpoint_state
 def finetune(
     preset: str = PresetOption,
     set_: Optional[List[str]] = SetOption,
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Latent cache [default: where preprocess wrote it; "
-                                         "on --resume: the run's]."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run folder name under runs/ [default: preset-time]."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Latent cache (default: where preprocess wrote it; "
+                                         "on --resume: the run's).", show_default=False),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name under runs/ (default: preset-time).", show_default=False),
     resume: Optional[str] = typer.Option(
         None, "--resume", help="Continue a run: 'latest' or a run/checkpoint folder. Its config is reused; "
         "--set train.* may change it (e.g. train.steps).", show_default=False),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: best]"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the best there is)", show_default=False),
     pretrain: bool = typer.Option(False, "--pretrain", help="Train a whole image DiT (train.mode=pretrain)."),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard",
                                      help="Also log to RUN/tb when the tensorboard package is installed."),

@@ -39,7 +39,7 @@ from avdit_cli.data.frame_stats import frame_stats
 from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score
 from avdit_cli.data.synthetic import make_dataset
 from avdit_cli.errors import DataError
-from avdit_cli.fileio import atomic_write_json
+from avdit_cli.fileio import atomic_write_json, plain
 from avdit_cli.metrics import av_align_score
 from avdit_cli.pipelines.evaluate import evaluate
 from avdit_cli.pipelines.finetune import finetune
@@ -90,10 +90,11 @@ class DemoResult:
     final_loss: float = math.nan
     eval_metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json's "metrics" (`avdit eval`)
     threads: int = field(default_factory=torch.get_num_threads)  # torch's intra-op threads the demo ran on
+    model: str | None = None  # the AV-DiT checkpoint the clips came from (shipped with --pretrained, else trained)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return json.loads(json.dumps(d, default=str))
+        """Plain JSON data; NaN (e.g. no training loss with --pretrained) becomes null."""
+        return plain(asdict(self))
 
 
 def demo_config(opts: DemoOptions) -> Config:
@@ -230,7 +231,7 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     if opts.data_only:
         say(f"    {len(files)} files written; stopping there (--data-only)")
         result = DemoResult(out, [], out / "samples", None, times)
-        (out / "demo.json").write_text(json.dumps({"options": _plain(opts), **result.to_dict()}, indent=2) + "\n")
+        _write_demo_json(out, opts, result)
         return result
 
     final_loss = math.nan
@@ -264,8 +265,9 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     # `avdit eval` on the generated clips against the demo's real ones: AV-Align always; FVD/KVD/FAD only where
     # `avdit download --only eval` fetched the extractors (the demo downloads nothing).
     report = timed("eval", lambda: evaluate(samples, cfg, ref=data_dir)).report
-    result = DemoResult(out, scores, samples, gen.contact_sheet, times, final_loss, report.get("metrics", {}))
-    (out / "demo.json").write_text(json.dumps({"options": _plain(opts), **result.to_dict()}, indent=2) + "\n")
+    result = DemoResult(out, scores, samples, gen.contact_sheet, times, final_loss, report.get("metrics", {}),
+                        model=str(run))
+    _write_demo_json(out, opts, result)
     return result
 
 
@@ -334,6 +336,11 @@ def _progress(say: Log) -> Callable[[float, int, float], None]:
             say(f"    generate: {done:.1f}/{total} clips")
 
     return on_progress
+
+
+def _write_demo_json(out: Path, opts: DemoOptions, result: DemoResult) -> None:
+    (out / "demo.json").write_text(json.dumps({"options": _plain(opts), **result.to_dict()}, indent=2,
+                                              allow_nan=False) + "\n")
 
 
 def _plain(opts: DemoOptions) -> dict[str, Any]:

@@ -147,7 +147,8 @@ class Checkpoint:
 
     @property
     def run_dir(self) -> Path:
-        return self.path.parent.parent
+        """RUN for RUN/checkpoints/step_N; an exported checkpoint (``avdit export``) is a run folder of its own."""
+        return self.path.parent.parent if self.path.parent.name == CHECKPOINTS else self.path
 
     @property
     def run_label(self) -> str:
@@ -244,7 +245,15 @@ def export_checkpoint(src: Path | None, out: Path, backbone: Path | None = None,
                                f"{report.sha256()[:12]} vs {ref['sha256'][:12]})")
         ref["path"] = os.path.relpath(Path(backbone).resolve(), out.resolve())
     state["backbone"] = ref
-    state["exported_from"] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.step}
+    if backbone is not None:
+        # The folder travels: keep no path of the machine that trained it (the backbone is found by `ref`).
+        config = json.loads(json.dumps(state["config"]))
+        config["model"]["backbone_path"] = None
+        state["config"] = config
+        state["cache_dir"] = None
+        state["exported_from"] = {"checkpoint": f"{ckpt.run_dir.name}/{ckpt.path.name}", "step": ckpt.step}
+    else:
+        state["exported_from"] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.step}
     state.update(extra or {})
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out / TENSORS, {f"ema.{k}": v for k, v in ckpt.ema.items()})
