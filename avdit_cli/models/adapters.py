@@ -135,8 +135,9 @@ class JointBlockAdapter(nn.Module):
     initialised from 2 (a token one frame away loses e^-2) to 1/8 per frame, learned or (``learned_slopes=False``)
     kept fixed as in ALiBi. A sound is caused by what happens
     when it is heard: the bias starts every audio token looking at its own frames, out of the thousands of
-    tokens of a clip, and the slopes learn how far to look. It costs a (heads, n, n) score bias, so the joint
-    block's attention runs without flash kernels (one block of the model).
+    tokens of a clip, and the slopes learn how far to look. It costs a (heads, n, n) score bias. Learned slopes
+    need the score matrix for their gradient, so on a CPU that attention runs unfused (about 3x slower); fixed
+    slopes are a plain mask, which the fused kernels take.
 
     With ``cross_only`` a token attends to the other modality's tokens only (video to audio, audio to video):
     the joint block then cannot serve as extra self-attention for either modality, which training otherwise
