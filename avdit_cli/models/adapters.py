@@ -160,15 +160,16 @@ class JointBlockAdapter(nn.Module):
         self.attn_gate = nn.Parameter(torch.zeros(2, d))
         self.mlp_gate = nn.Parameter(torch.zeros(2, d))
         self.lora = block_lora(block, lora_targets, rank, alpha, generator)
-        self.time_slopes: Tensor | None = None  # log of the per-head slopes
-        if time_bias:
-            hi, lo = self.SLOPE_RANGE
-            log_slopes = torch.linspace(math.log(hi), math.log(lo), self.num_heads)
-            if learned_slopes:
-                self.time_slopes = nn.Parameter(log_slopes)
-            else:  # ALiBi's fixed slopes: a buffer, neither trained nor saved
-                del self.time_slopes
-                self.register_buffer("time_slopes", log_slopes, persistent=False)
+        # time_slopes: log of the per-head slopes; a parameter, or ALiBi's fixed slopes as a buffer (neither
+        # trained nor saved), or None without the time bias
+        hi, lo = self.SLOPE_RANGE
+        log_slopes = torch.linspace(math.log(hi), math.log(lo), self.num_heads)
+        if not time_bias:
+            self.time_slopes: Tensor | None = None
+        elif learned_slopes:
+            self.time_slopes = nn.Parameter(log_slopes)
+        else:
+            self.register_buffer("time_slopes", log_slopes, persistent=False)
 
     def time_score_bias(self, times: Tensor) -> Tensor:
         """(1, heads, n, n) ``-slope_h |t_i - t_j|`` for token times (n,) in frames."""

@@ -39,7 +39,7 @@ from avdit_cli.data.frame_stats import frame_stats
 from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score
 from avdit_cli.data.synthetic import make_dataset
 from avdit_cli.errors import DataError
-from avdit_cli.fileio import atomic_write_json, plain
+from avdit_cli.fileio import plain
 from avdit_cli.metrics import av_align_score
 from avdit_cli.pipelines.evaluate import evaluate
 from avdit_cli.pipelines.finetune import finetune
@@ -246,10 +246,10 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     gen_step = 3 if opts.pretrained else 5
     say(f"{gen_step}/{n_steps} generate {opts.generate} clips")
     # The demo's sampler settings (tiny preset + --set) apply to the shipped models too: DDIM 25 unless changed.
+    # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
-                               sampler=cfg.sample.sampler, steps=cfg.sample.steps)
+                               sampler=cfg.sample.sampler, steps=cfg.sample.steps, reference=data_dir)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
-    _name_reference(samples, data_dir)
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")
     real = timed("read_real", lambda: read_clips(files, cfg))
@@ -300,15 +300,6 @@ def _train(opts: DemoOptions, cfg: Config, data_dir: Path, out: Path, say: Log,
     return ft.run_dir, (ft.history[-1].loss if ft.history else math.nan)
 
 
-def _name_reference(samples: Path, data_dir: Path) -> None:
-    """Record the demo's real clips in samples.json (relative, so the demo folder can move): a later
-    `avdit eval DEMO/samples` then scores against them without --ref."""
-    path = samples / "samples.json"
-    meta = json.loads(path.read_text())
-    meta["reference"] = os.path.relpath(data_dir, samples)
-    atomic_write_json(path, meta)
-
-
 PROGRESS_EVERY_S = 20.0  # a long step says how far it is at least this often (a piped log is never silent)
 
 
@@ -339,9 +330,5 @@ def _progress(say: Log) -> Callable[[float, int, float], None]:
 
 
 def _write_demo_json(out: Path, opts: DemoOptions, result: DemoResult) -> None:
-    (out / "demo.json").write_text(json.dumps({"options": _plain(opts), **result.to_dict()}, indent=2,
+    (out / "demo.json").write_text(json.dumps({"options": plain(asdict(opts)), **result.to_dict()}, indent=2,
                                               allow_nan=False) + "\n")
-
-
-def _plain(opts: DemoOptions) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(opts), default=str))

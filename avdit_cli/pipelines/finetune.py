@@ -541,8 +541,9 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
     def draw_t() -> torch.Tensor:  # (b,)
         return torch.stack([torch.randint(0, T, (), generator=g) for g in gens]).to(dev)
 
-    def draw_noise(x: torch.Tensor) -> torch.Tensor:  # like x, one sample per generator
-        return torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(dev, x.dtype)
+    def draw_noise(x: torch.Tensor, axis: int | None = None, rho: float = 0.0) -> torch.Tensor:
+        # like x, one sample per generator; axis (within one sample) and rho: mixed_noise's shared part
+        return torch.stack([mixed_noise(x.shape[1:], g, axis, rho) for g in gens]).to(dev, x.dtype)
 
     if pretrain:
         f = video.shape[1]
@@ -560,9 +561,8 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         return terms, {}
     t_video = draw_t()
     t_audio = draw_t() if cfg.diffusion.independent_timesteps else t_video
-    rho = cfg.diffusion.video_noise_correlation  # frames (axis 0 of one clip's (f, c, h, w)) share a part
-    video_noise = torch.stack([mixed_noise(video.shape[1:], g, 0, rho) for g in gens]).to(dev, video.dtype)
-    noise = {"video": video_noise, "audio": draw_noise(audio)}
+    # frames (axis 0 of one clip's (f, c, h, w)) share a part of their noise: the PYoCo prior, 0 by default
+    noise = {"video": draw_noise(video, 0, cfg.diffusion.video_noise_correlation), "audio": draw_noise(audio)}
     y = None
     if cfg.model.trainable_class_table and cfg.model.num_classes > 0:
         labels = batch["label"].to(dev)

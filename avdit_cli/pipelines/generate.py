@@ -25,6 +25,7 @@ picture) and ``index.html`` (a gallery of them all: ``gallery.py``) and, with ``
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ class GenerateOptions:
     contact_sheet: bool = True
     gallery: bool = True  # index.html and one mel picture per clip
     save_latents: bool = False  # also write latents.safetensors (and return them in the result)
+    reference: Path | None = None  # real clips to score against, named in samples.json (relative to out_dir)
 
 
 @dataclass
@@ -393,6 +395,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "audio_from": str(opts.audio_from) if opts.audio_from else None,
             "video_from": str(opts.video_from) if opts.video_from else None,
             "known_mode": known_mode if given is not None else None,
+            # `avdit eval OUT` takes it as --ref; relative, so the folders can move together
+            **({"reference": os.path.relpath(opts.reference, opts.out_dir)} if opts.reference else {}),
             "timing": {"seconds": round(time.perf_counter() - started, 3),
                        "denoise_seconds": round(denoise_s, 3), "decode_write_seconds": round(decode_s, 3)},
             "config": cfg.to_dict(),

@@ -20,6 +20,7 @@ permissions a plain ``open()`` would give (0666 minus the umask), not the 0600 o
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -247,9 +248,8 @@ def export_checkpoint(src: Path | None, out: Path, backbone: Path | None = None,
     state["backbone"] = ref
     if backbone is not None:
         # The folder travels: keep no path of the machine that trained it (the backbone is found by `ref`).
-        config = json.loads(json.dumps(state["config"]))
-        config["model"]["backbone_path"] = None
-        state["config"] = config
+        state["config"] = copy.deepcopy(state["config"])
+        state["config"]["model"]["backbone_path"] = None
         state["cache_dir"] = None
         state["exported_from"] = {"checkpoint": f"{ckpt.run_dir.name}/{ckpt.path.name}", "step": ckpt.step}
     else:
