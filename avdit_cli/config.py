@@ -79,6 +79,13 @@ class Sampler(str, Enum):
     DPM_SOLVER = "dpm++"
 
 
+class SampleOrder(str, Enum):
+    """How `generate` denoises the two tracks."""
+
+    JOINT = "joint"  # both together, one t per step (the paper)
+    VIDEO_FIRST = "video-first"  # the frames (sound unseen), then the sound given them: 2x the model calls
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     BF16 = "bf16"
@@ -225,6 +232,10 @@ class DiffusionConfig:
     # The video noise's correlation across the frames of a clip (PYoCo's mixed noise prior, Ge et al. 2023):
     # each frame's noise is sqrt(rho) shared + sqrt(1 - rho) own. 0: independent frames (DiT, the paper).
     video_noise_correlation: float = 0.0
+    # The share of training clips whose frames are given clean (t_video = 0, no video loss): with independent
+    # timesteps these teach the audio branch to follow frames it can see, which is what the video-first
+    # sampler (sample.order) and `generate --video-from` ask of it. 0: every clip is a joint one.
+    given_video_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,12 @@ class SampleConfig:
     # Clamp every step's x_0 prediction to the codec's latent range, where the codec has one (the `pixels`
     # codecs); a VAE's latents are unbounded, so this does nothing for them.
     clip_denoised: bool = False
+    # joint, or video-first (the frames, then the sound for them; needs diffusion.independent_timesteps).
+    order: SampleOrder = SampleOrder.JOINT
+    # The initial noise's correlation across frames (mixed noise, see DiffusionConfig); None: the prior the
+    # model was trained with (diffusion.video_noise_correlation). A model trained on independent frames can
+    # be sampled with alike ones: the frozen image backbone then draws alike frames (README, the demo).
+    video_noise_correlation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -378,6 +395,17 @@ def validate(cfg: Config) -> None:
         _fail("diffusion.beta_end", df.beta_end, f"0 < beta_start ({df.beta_start}) < beta_end < 1")
     if not 0 <= df.video_noise_correlation < 1:
         _fail("diffusion.video_noise_correlation", df.video_noise_correlation, "a number in [0, 1)")
+    sp = cfg.sample
+    if sp.video_noise_correlation is not None and not 0 <= sp.video_noise_correlation < 1:
+        _fail("sample.video_noise_correlation", sp.video_noise_correlation, "a number in [0, 1) or null")
+    if sp.order is SampleOrder.VIDEO_FIRST and not df.independent_timesteps:
+        _fail("sample.order", sp.order.value,
+              "joint unless the model was trained with diffusion.independent_timesteps=true")
+    if not 0 <= df.given_video_prob < 1:
+        _fail("diffusion.given_video_prob", df.given_video_prob, "a number in [0, 1)")
+    if df.given_video_prob > 0 and not df.independent_timesteps:
+        _fail("diffusion.given_video_prob", df.given_video_prob,
+              "0 unless diffusion.independent_timesteps=true (a clean video needs its own timestep)")
     if df.min_snr_gamma < 0:
         _fail("diffusion.min_snr_gamma", df.min_snr_gamma, "a number >= 0 (0 turns the weighting off)")
     if df.video_loss_weight < 0 or df.audio_loss_weight < 0:

@@ -33,9 +33,9 @@ import torch
 from einops import rearrange
 
 from avdit_cli.codecs import Codecs, build_codecs
-from avdit_cli.config import Config
+from avdit_cli.config import Config, SampleOrder
 from avdit_cli.data.clips import Clip
-from avdit_cli.diffusion import Diffusion, sample
+from avdit_cli.diffusion import Diffusion, sample, sample_in_stages
 from avdit_cli.models import DiT
 from avdit_cli.pipelines.demo import GroupScore, read_clips, score_group, shipped_run
 from avdit_cli.pipelines.generate import (CHANNEL_DIMS, VOCODER_SEED, decode, load_run_model, noise_correlation,
@@ -64,11 +64,15 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
         idx = list(range(lo, min(n, lo + batch_size)))
         gens = [torch.Generator().manual_seed(cfg.sample.seed + i) for i in idx]
         kn = {k: v[idx] for k, v in known.items()}
-        z = sample(lambda x, t: model(x["video"], x["audio"], t["video"], t["audio"]),
-                   {k: (len(idx), *v) for k, v in shapes.items()}, CHANNEL_DIMS, diffusion,
-                   sampler=cfg.sample.sampler, steps=cfg.sample.steps, eta=cfg.sample.eta, generator=gens,
-                   known=kn or None, known_mode="timestep" if cfg.diffusion.independent_timesteps else "replace",
-                   clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg))
+        fn = lambda x, t: model(x["video"], x["audio"], t["video"], t["audio"])  # noqa: E731
+        batch_shapes = {k: (len(idx), *v) for k, v in shapes.items()}
+        common = dict(sampler=cfg.sample.sampler, steps=cfg.sample.steps, eta=cfg.sample.eta, generator=gens,
+                      clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg))
+        if cfg.sample.order is SampleOrder.VIDEO_FIRST and not kn:  # as `avdit generate` draws it
+            z = sample_in_stages(fn, batch_shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]], **common)
+        else:
+            z = sample(fn, batch_shapes, CHANNEL_DIMS, diffusion, known=kn or None,
+                       known_mode="timestep" if cfg.diffusion.independent_timesteps else "replace", **common)
         fr, wv = decode(z, codecs, cfg.data.clip_samples)
         frames.extend(fr)
         waves.extend(wv)

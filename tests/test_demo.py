@@ -32,7 +32,8 @@ def test_short_demo_runs_every_stage(short_demo: tuple[Path, object]) -> None:
     assert (out / "samples" / "contact_sheet.png").stat().st_size > 0
     assert (out / "runs" / "pretrain" / "backbone" / "config.json").exists()
     report = json.loads((out / "demo.json").read_text())
-    assert [g["name"] for g in report["scores"]] == ["real", "real, audio shuffled", "generated"]
+    assert [g["name"] for g in report["scores"]] == ["real", "real, audio shuffled", "generated",
+                                                     "generated, audio shuffled"]
     assert report["eval_metrics"]["av-align"]["status"] == "ok"
     # the demo downloads nothing: the extractor-based metrics say how to get them
     assert "avdit download --only eval" in report["eval_metrics"]["fvd"]["reason"]
@@ -126,10 +127,13 @@ def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_
     assert report["options"]["pretrained"] is True and report["options"]["joint"] is False
     assert "finetune" not in report["seconds"] and not (out / "runs").exists()  # nothing was trained
     assert report["model"] == str(shipped_run(False)) and report["final_loss"] is None  # strict JSON: no NaN
-    assert [g["name"] for g in report["scores"]] == ["real", "real, audio shuffled", "generated"]
-    assert report["scores"][2]["clips"] == 2
+    assert [g["name"] for g in report["scores"]] == ["real", "real, audio shuffled", "generated",
+                                                     "generated, audio shuffled"]
+    assert report["scores"][2]["clips"] == report["scores"][3]["clips"] == 2
     samples = json.loads((out / "samples" / "samples.json").read_text())
     assert samples["steps"] == 2 and samples["sampler"] == "ddim"  # the demo's --set reaches the shipped model
+    # ... and the shipped model's own sampling defaults hold where --set does not name them
+    assert samples["order"] == "video-first" and samples["video_noise_correlation"] == 0.3
     assert samples["checkpoint"] == str(shipped_run(False).resolve())
     # the demo names its real clips, so `avdit eval DEMO/samples` needs no --ref, even after the folder moved
     assert samples["reference"] == "../data"
@@ -138,3 +142,34 @@ def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_
     result = CliRunner().invoke(app, ["eval", str(moved / "samples"), "--metrics", "av-align", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["metrics"]["av-align"]["status"] == "ok"
+
+
+def test_the_shipped_joint_model_hears_the_frames_and_the_ablation_does_not(short_demo: tuple[Path, object]) -> None:
+    """Audio eps-MSE with each clip's own clean frames (t_video = 0) against another clip's frames: the joint
+    block makes the sound depend on what is seen; without it the frames cannot change the sound at all."""
+    import torch
+
+    from avdit_cli.data.cache import LatentCache
+    from avdit_cli.diffusion import Diffusion
+    from avdit_cli.pipelines.generate import load_run_model, open_checkpoint
+
+    out, _ = short_demo
+    cache = LatentCache(out / "cache")
+    video = torch.stack([cache[i]["video"] for i in range(len(cache))])  # (n, f, c, h, w)
+    audio = torch.stack([cache[i]["audio"] for i in range(len(cache))])
+    other = torch.roll(torch.arange(len(cache)), 1)
+    n = len(cache)
+    losses = {}
+    for joint in (True, False):
+        ckpt = open_checkpoint(shipped_run(joint))
+        model = load_run_model(ckpt, ckpt.config, torch.device("cpu"))
+        diffusion = Diffusion.from_config(ckpt.config.diffusion, learn_sigma=True)
+        t = torch.tensor([100, 300] * n)[:n]
+        eps = torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+        noisy = diffusion.q_sample(audio, t, eps)
+        with torch.no_grad():
+            own, wrong = (float(((model(v, noisy, torch.zeros(n, dtype=torch.long), t)["audio"][:, :1] - eps) ** 2)
+                                .mean()) for v in (video, video[other]))
+        losses[joint] = own, wrong
+    assert losses[True][0] < 0.85 * losses[True][1], losses
+    assert abs(losses[False][0] - losses[False][1]) < 1e-6 * losses[False][1], losses

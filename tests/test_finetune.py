@@ -8,6 +8,7 @@ Sizes: the tiny preset with 4-frame clips, a 2-block DiT and batch 4, so a step 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -350,3 +351,46 @@ def test_video_noise_correlation_reaches_the_training_noise(env: Env, monkeypatc
         v = seen["video"]  # (b, f, c, h, w)
         corr = float(torch.corrcoef(torch.stack([v[:, 0].flatten(), v[:, -1].flatten()]))[0, 1])
         assert low < corr < high, (rho, corr)
+
+
+def test_given_video_clips_go_in_clean_without_a_video_loss_and_are_counted_out(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avdit_cli.data.cache import LatentCache
+    from avdit_cli.diffusion import Diffusion
+
+    cfg = env.cfg("diffusion.independent_timesteps=true", "diffusion.given_video_prob=0.5")
+    share = sum(ft.given_video(cfg, step, slot) for step in range(100) for slot in range(8)) / 800
+    assert 0.42 < share < 0.58
+    assert not any(ft.given_video(env.cfg(), step, slot) for step in range(20) for slot in range(8))  # off
+
+    seen = {}
+
+    def capture(diffusion, model_fn, x0, t, channel_dims, *, noise, **kw):
+        seen.update(t)
+        return {"loss": torch.zeros(())}
+
+    monkeypatch.setattr(ft, "training_losses", capture)
+    cache = LatentCache(env.cache)
+    batch = {k: torch.stack([cache[i][k] for i in range(4)]) for k in ("video", "audio", "audio_ok")}
+    for step in range(6):
+        _, masks = ft._step_terms(lambda *a: None, Diffusion.from_config(cfg.diffusion), cfg, batch,
+                                  torch.arange(4), step, torch.device("cpu"), pretrain=False)
+        given = torch.tensor([ft.given_video(cfg, step, i) for i in range(4)])
+        assert masks["video"].tolist() == (~given).float().tolist()
+        assert (seen["video"][given] == 0).all() and (seen["audio"] >= 0).all()
+    # the planner divides the video loss by the clips that carry one
+    dataset = LatentCache(env.cache)
+    per_step = cfg.train.batch_size
+    plan = ft._batches(dataset, cfg, ft.dist_context(), 0, len(dataset) // per_step, per_step, pretrain=False)
+    for step in range(3):
+        _, slot, counts = next(plan)
+        assert counts["video"] == sum(not ft.given_video(cfg, step, int(i)) for i in slot)
+
+
+def test_given_video_runs_end_to_end_and_needs_independent_timesteps(env: Env, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="independent_timesteps"):
+        env.cfg("diffusion.given_video_prob=0.3")
+    result = finetune(env.cfg("diffusion.independent_timesteps=true", "diffusion.given_video_prob=0.5",
+                              "train.steps=3"), cache_dir=env.cache, run_dir=tmp_path / "run")
+    rows = read_metrics(result.run_dir)
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)

@@ -415,3 +415,41 @@ def test_export_cli(tiny: tuple[Path, Config], tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output
     assert "exported to" in result.output and (tmp_path / "e" / "state.json").is_file()
+
+
+def test_video_first_order_and_noise_correlation_are_options_recorded_in_samples_json(tmp_path: Path) -> None:
+    from avdit_cli.config import SampleOrder
+
+    run, _ = make_run(tmp_path / "indep", {"diffusion.independent_timesteps": True})
+    joint = gen(run, tmp_path / "joint", num=2)
+    first = gen(run, tmp_path / "first", num=2, order=SampleOrder.VIDEO_FIRST)
+    assert not torch.equal(joint.latents["audio"], first.latents["audio"])
+    meta = json.loads((tmp_path / "first" / "samples.json").read_text())
+    assert meta["samples"][0]["order"] == "video-first" and meta["samples"][0]["video_noise_correlation"] == 0.0
+    alike = gen(run, tmp_path / "alike", num=2, video_noise_correlation=0.9)
+    v = alike.latents["video"]  # (n, f, c, h, w): frames of one clip now start from alike noise
+    assert json.loads((tmp_path / "alike" / "samples.json").read_text())["samples"][0]["video_noise_correlation"] == 0.9
+    assert not torch.equal(v, joint.latents["video"])
+    result = runner.invoke(app, ["generate", "--run", str(run), "-o", str(tmp_path / "cli"), "-n", "1", "--steps", "2",
+                                 "--order", "video-first", "--noise-correlation", "0.5"])
+    assert result.exit_code == 0, result.output
+    # a run trained with one t for both tracks cannot be sampled video-first
+    plain, _ = make_run(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="independent_timesteps"):
+        gen(plain, tmp_path / "no", num=1, order=SampleOrder.VIDEO_FIRST)
+    assert not (tmp_path / "no").exists()
+
+
+def test_export_sets_sampling_defaults_only(tiny: tuple[Path, Config], tmp_path: Path) -> None:
+    from avdit_cli.pipelines.runs import export_checkpoint, load_checkpoint
+
+    run, _ = tiny
+    out = export_checkpoint(run, tmp_path / "e", sample=["sample.steps=3", "sample.video_noise_correlation=0.5"])
+    cfg = load_checkpoint(out).config
+    assert cfg.sample.steps == 3 and cfg.sample.video_noise_correlation == 0.5
+    assert cfg.replace(**{"sample.steps": tiny[1].sample.steps, "sample.video_noise_correlation": None}) == tiny[1]
+    gen(out, tmp_path / "g", num=1, steps=None)
+    assert json.loads((tmp_path / "g" / "samples.json").read_text())["samples"][0]["steps"] == 3
+    result = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "bad"), "--set", "train.lr=1"])
+    assert result.exit_code == 1 and "sampling defaults only" in result.output
+    assert not (tmp_path / "bad").exists()

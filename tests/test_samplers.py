@@ -461,3 +461,40 @@ def test_noise_correlation_reaches_every_draw_of_its_modality(diffusion) -> None
     plain = sample(zero, shapes, CD, diffusion, sampler="ddpm", steps=5, generator=torch.Generator().manual_seed(0))
     corr0 = torch.corrcoef(torch.stack([plain["video"][:, 0].flatten(), plain["video"][:, 3].flatten()]))[0, 1]
     assert abs(float(corr0)) < 0.15
+
+
+def test_video_first_stages_draw_frames_with_the_sound_unseen_then_the_sound_for_them(diffusion) -> None:
+    from avdit_cli.diffusion import sample_in_stages
+
+    record, ticks = [], []
+    out = sample_in_stages(_toy_model(record), SMALL, CD, diffusion, [["video"], ["audio"]], sampler="ddim",
+                           steps=10, generator=torch.Generator().manual_seed(0),
+                           progress=lambda i, n: ticks.append((i, n)))
+    assert ticks == [(i, 20) for i in range(1, 21)]  # two whole chains
+    first, second = record[:10], record[10:]
+    unseen = first[0][0]["audio"]
+    for x, t in first:  # stage 1: the sound is one fixed pure-noise tensor at the last timestep
+        assert torch.equal(x["audio"], unseen) and t["audio"].tolist() == [999, 999]
+    video_ts = [int(t["video"][0]) for _, t in first]
+    assert video_ts == sorted(video_ts, reverse=True) and len(set(video_ts)) == 10  # the frames: a whole chain
+    assert abs(float(unseen.std()) - 1.0) < 0.35
+    for x, t in second:  # stage 2: the finished frames, clean at t = 0
+        assert torch.equal(x["video"], out["video"]) and t["video"].tolist() == [0, 0]
+    assert [int(t["audio"][0]) for _, t in second] == [int(t["video"][0]) for _, t in first]
+    again = sample_in_stages(_toy_model(), SMALL, CD, diffusion, [["video"], ["audio"]], sampler="ddim", steps=10,
+                             generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(again[m], out[m]) for m in SMALL)  # seeded
+
+
+def test_one_stage_is_joint_sampling_and_bad_stages_are_refused(diffusion) -> None:
+    from avdit_cli.diffusion import sample_in_stages
+
+    joint = sample(_toy_model(), SMALL, CD, diffusion, sampler="ddim", steps=5,
+                   generator=torch.Generator().manual_seed(3))
+    staged = sample_in_stages(_toy_model(), SMALL, CD, diffusion, [["video", "audio"]], sampler="ddim", steps=5,
+                              generator=torch.Generator().manual_seed(3))
+    assert all(torch.equal(joint[m], staged[m]) for m in SMALL)
+    with pytest.raises(ValueError, match="every modality"):
+        sample_in_stages(_toy_model(), SMALL, CD, diffusion, [["video"]], generator=torch.Generator())
+    with pytest.raises(ValueError, match="neither generated nor known"):
+        sample(_toy_model(), SMALL, CD, diffusion, generator=torch.Generator(), absent={"audio": torch.zeros(2)})

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avdit_cli.cli.common import PipedProgress, cli_errors, console, is_main_rank
-from avdit_cli.config import Sampler
+from avdit_cli.config import SampleOrder, Sampler
 from avdit_cli.pipelines.generate import GenerateOptions, generate as run_generate
 from avdit_cli.pipelines.hub_run import HF_SCHEME
 
@@ -27,6 +27,12 @@ def generate(
     sampler: Optional[Sampler] = typer.Option(None, "--sampler", help="Sampler (default: the run's sample.sampler)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default: the run's)."),
     eta: Optional[float] = typer.Option(None, "--eta", min=0.0, max=1.0, help="DDIM eta."),
+    order: Optional[SampleOrder] = typer.Option(
+        None, "--order", help="joint: both tracks together; video-first: the frames, then the sound for them "
+                              "(2x the steps; runs trained with independent timesteps) (default: the run's)."),
+    noise_correlation: Optional[float] = typer.Option(
+        None, "--noise-correlation", min=0.0, max=0.99, metavar="RHO",
+        help="Correlation of the frames' initial noise, 0 = independent (default: the run's sample setting)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0.0,
                                               help="Guidance scale (class-conditional runs)."),
     class_id: Optional[int] = typer.Option(None, "--class", min=0, help="Class id (class-conditional runs)."),
@@ -42,6 +48,7 @@ def generate(
     # Kept as text for hf:// (a Path would fold its "//").
     checkpoint = run if run is None or run.startswith(HF_SCHEME) else Path(run)
     opts = GenerateOptions(out_dir=out, num=num, checkpoint=checkpoint, ema=ema, sampler=sampler, steps=steps, eta=eta,
+                           order=order, video_noise_correlation=noise_correlation,
                            cfg_scale=cfg_scale, class_id=class_id, seed=seed, batch_size=batch_size, device=device,
                            audio_from=audio_from, video_from=video_from, overwrite=overwrite,
                            save_latents=save_latents)

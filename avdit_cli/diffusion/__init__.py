@@ -11,7 +11,7 @@ from avdit_cli.diffusion.gaussian import (
 )
 from avdit_cli.diffusion.losses import masked_mean, sample_timesteps, training_losses, vb_terms_bpd
 from avdit_cli.diffusion.respace import respace, space_timesteps
-from avdit_cli.diffusion.samplers import classifier_free_guidance, sample
+from avdit_cli.diffusion.samplers import classifier_free_guidance, sample, sample_in_stages
 from avdit_cli.diffusion.schedule import (
     Diffusion,
     ModelFn,
@@ -28,6 +28,7 @@ __all__ = [
     "PMeanVariance",
     "VarianceType",
     "classifier_free_guidance",
+    "sample_in_stages",
     "cosine_betas",
     "discretized_gaussian_log_likelihood",
     "get_betas",

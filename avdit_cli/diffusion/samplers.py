@@ -14,6 +14,10 @@ Conditional generation of one modality given another's clean latents (``known``)
 - ``'replace'``: the known modality goes in as q_sample(known, t) with fresh seeded noise at every step,
   sharing the generated modalities' t.
 Either way the returned known modality is the given latents, exactly.
+
+``absent`` modalities are inputs the model needs but nobody has yet: they go in as fixed pure noise at the
+last timestep T - 1, which a model trained with independent timesteps reads as "not known". On that rests
+:func:`sample_in_stages`, e.g. frames first with the sound unseen, then the sound given the finished frames.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ def sample(
     respacing: str | Sequence[int] | None = None,
     clip_denoised: bool | Mapping[str, tuple[float, float] | None] = False,
     noise_correlation: Mapping[str, Correlation] | None = None,
+    absent: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Generate every modality in ``shapes`` (full shapes with the batch dim, e.g. video (b, f, c, h, w)).
 
@@ -109,7 +114,8 @@ def sample(
     bounds (pixels) allow. ``noise_correlation``: per modality ``(axis, rho)``, the mixed noise prior the model
     was trained with (:func:`mixed_noise`, e.g. ``{"video": (1, 0.5)}`` for frames), for every draw of that
     modality (x_T, DDPM's and DDIM's step noise, a known modality's noising). Returns a dict with every
-    modality of ``shapes`` and ``known``.
+    modality of ``shapes`` and ``known``. ``absent``: per modality a fixed noise tensor (full shape) fed at t = T - 1
+    at every step and not returned (see the module doc).
     """
     sampler = Sampler(sampler)
     device = torch.device(device)
@@ -117,10 +123,14 @@ def sample(
     if known_mode not in ("timestep", "replace"):
         raise ValueError(f"known_mode must be 'timestep' or 'replace', got {known_mode!r}")
     known = {m: v.to(device=device, dtype=dtype) for m, v in known.items()}
+    absent = {m: v.to(device=device, dtype=dtype) for m, v in (absent or {}).items()}
+    if set(absent) & (set(known) | set(shapes)):
+        raise ValueError(f"absent modalities {sorted(absent)} must be neither generated nor known")
     generated = sorted(m for m in shapes if m not in known)
     if not generated:
         raise ValueError("nothing to generate: every modality in `shapes` is also in `known`")
-    batch = {int(shapes[m][0]) for m in generated} | {int(v.shape[0]) for v in known.values()}
+    batch = ({int(shapes[m][0]) for m in generated} | {int(v.shape[0]) for v in known.values()}
+             | {int(v.shape[0]) for v in absent.values()})
     if len(batch) != 1:
         raise ValueError(f"all modalities need the same batch size, got {sorted(batch)}")
     b = batch.pop()
@@ -139,6 +149,7 @@ def sample(
 
     x = {m: noise(m, shapes[m], device, dtype) for m in generated}  # x_T
     zeros = torch.zeros(b, dtype=torch.long, device=device)
+    last = torch.full((b,), diffusion.num_timesteps - 1, dtype=torch.long, device=device)  # original scale
     for done, i in enumerate(range(n - 1, -1, -1), start=1):
         t = torch.full((b,), i, dtype=torch.long, device=device)  # index into the respaced chain
         t_model = chain.model_timesteps(t)  # original scale, what the model was trained on
@@ -150,12 +161,60 @@ def sample(
             else:
                 inputs[m] = chain.q_sample(known[m], t, noise(m, known[m].shape, device, dtype))
                 t_in[m] = t_model
+        for m in sorted(absent):
+            inputs[m], t_in[m] = absent[m], last
         out = model_fn(inputs, t_in)
         for m in generated:
             x[m] = step_fn(m, out[m].to(dtype), x[m], i)
         if progress is not None:
             progress(done, n)
     return {**x, **{m: v.clone() for m, v in known.items()}}
+
+
+def sample_in_stages(
+    model_fn: ModelFn,
+    shapes: Mapping[str, Sequence[int]],
+    channel_dims: Mapping[str, int],
+    diffusion: Diffusion,
+    stages: Sequence[Sequence[str]],
+    *,
+    generator: Generators,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+    noise_correlation: Mapping[str, Correlation] | None = None,
+    **kwargs: object,
+) -> dict[str, Tensor]:
+    """Generate the modalities of ``shapes`` stage by stage with :func:`sample`: a stage's modalities are drawn
+    given what earlier stages made (``known``, clean at t = 0) while later stages' modalities are ``absent``
+    (fixed pure noise at T - 1). ``[["video"], ["audio"]]`` draws the frames first, then the sound for them;
+    ``[["video", "audio"]]`` is plain joint sampling. Needs a model trained with independent timesteps.
+
+    Every stage runs the whole chain (``steps`` model calls each); ``progress(done, total)`` counts over all
+    stages. Seeded draws: the absent modalities' noise first (sorted), then each stage's, from ``generator``.
+    Other keyword arguments go to :func:`sample` unchanged. Returns every modality of ``shapes``.
+    """
+    order = [m for stage in stages for m in stage]
+    if sorted(order) != sorted(shapes):
+        raise ValueError(f"stages {list(map(list, stages))} must name every modality of {sorted(shapes)} once")
+    if {"known", "known_mode", "absent"} & set(kwargs):
+        raise ValueError("sample_in_stages decides known, known_mode and absent itself")
+    device = torch.device(device)
+    correlations = dict(noise_correlation or {})
+    later = sorted(m for stage in stages[1:] for m in stage)
+    unseen = {m: _randn(shapes[m], generator, device, dtype, correlations.get(m)) for m in later}
+    made: dict[str, Tensor] = {}
+    for k, stage in enumerate(stages):
+        def on_step(done: int, n: int, k: int = k) -> None:
+            if progress is not None:
+                progress(k * n + done, len(stages) * n)
+
+        out = sample(model_fn, {m: shapes[m] for m in stage}, channel_dims, diffusion, generator=generator,
+                     device=device, dtype=dtype, known=dict(made) or None, known_mode="timestep",
+                     absent={m: unseen[m] for m in unseen if m not in made and m not in stage} or None,
+                     progress=on_step, noise_correlation=noise_correlation, **kwargs)  # type: ignore[arg-type]
+        made.update({m: out[m] for m in stage})
+    return made
 
 
 class _Step:

@@ -8,8 +8,10 @@
 5. generate clips with sound;
 6. score them: the synthetic data's sync F1 and AV-Align, and the frame and audio statistics that say whether
    the clips look and sound like the data (balls per frame, noise frames, smooth moves, onsets per clip), of
-   real clips, of real clips with their audio shuffled across clips (the chance level) and of the generated
-   clips; plus `avdit eval`'s metrics where possible.
+   real clips, of real clips with their audio shuffled across clips (the chance level), of the generated
+   clips and of the generated clips with their audio shuffled (their own chance level: sync F1 depends on how
+   many events each side has, so a model whose sound ignores its frames scores this, not the real chance);
+   plus `avdit eval`'s metrics where possible.
 
 With ``pretrained`` (``avdit demo --pretrained``), steps 2-4 are replaced by the AV-DiT models the package
 ships (``assets/demo-avdit``, ``assets/demo-avdit-no-joint`` for ``--no-joint``), made by avdit's own commands
@@ -247,8 +249,13 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     say(f"{gen_step}/{n_steps} generate {opts.generate} clips")
     # The demo's sampler settings (tiny preset + --set) apply to the shipped models too: DDIM 25 unless changed.
     # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
+    # A shipped model's own sampling order and frame-noise correlation hold unless --set names them.
+    named = {item.split("=", 1)[0].strip() for item in opts.overrides}
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
-                               sampler=cfg.sample.sampler, steps=cfg.sample.steps, reference=data_dir)
+                               sampler=cfg.sample.sampler, steps=cfg.sample.steps, reference=data_dir,
+                               order=cfg.sample.order if "sample.order" in named else None,
+                               video_noise_correlation=cfg.sample.video_noise_correlation
+                               if "sample.video_noise_correlation" in named else None)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")
@@ -257,11 +264,14 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     if len(real) < 2 or not generated:
         raise DataError("the demo could not read back its own clips; rerun with --debug and report it")
     rf, ra = [c.frames for c in real], [c.audio for c in real]
+    gf, ga = [c.frames for c in generated], [c.audio for c in generated]
     scores = [
         score_group("real", rf, ra, cfg),
         score_group("real, audio shuffled", rf, ra, cfg, shuffle_seed=opts.seed),
-        score_group("generated", [c.frames for c in generated], [c.audio for c in generated], cfg),
+        score_group("generated", gf, ga, cfg),
     ]
+    if len(generated) >= 2:  # a derangement needs two clips
+        scores.append(score_group("generated, audio shuffled", gf, ga, cfg, shuffle_seed=opts.seed))
     # `avdit eval` on the generated clips against the demo's real ones: AV-Align always; FVD/KVD/FAD only where
     # `avdit download --only eval` fetched the extractors (the demo downloads nothing).
     report = timed("eval", lambda: evaluate(samples, cfg, ref=data_dir)).report

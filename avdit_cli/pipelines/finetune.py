@@ -95,6 +95,17 @@ def derived_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def given_video(cfg: Config, step: int, slot: int) -> bool:
+    """Whether the clip at `slot` of optimiser step `step`'s global batch has its frames given clean
+    (``diffusion.given_video_prob``). A pure function of (seed, step, slot), so the batch planner can count
+    the clips that carry a video loss before any worker draws its noise."""
+    p = cfg.diffusion.given_video_prob
+    if p <= 0:
+        return False
+    return torch.rand((), generator=torch.Generator().manual_seed(derived_seed(cfg.train.seed, 0x61D3, step, slot))
+                      ).item() < p
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, 0xDA7A, epoch)))
 
@@ -493,7 +504,9 @@ def _batches(dataset: LatentCache, cfg: Config, ctx: DistContext, start: int, st
             if pretrain:  # every frame is an image of its own
                 counts = {"image": global_batch * frames}
             else:
-                counts = {"video": global_batch, "audio": sum(audio_ok(dataset.clips[i]) for i in ids)}
+                global_step = epoch * steps_per_epoch + s
+                given = sum(given_video(cfg, global_step, j) for j in range(len(ids)))
+                counts = {"video": global_batch - given, "audio": sum(audio_ok(dataset.clips[i]) for i in ids)}
             for micro in range(cfg.train.grad_accum):
                 lo = (micro * ctx.world_size + ctx.rank) * per_rank
                 plan.append(ids[lo : lo + per_rank])
@@ -561,6 +574,9 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         return terms, {}
     t_video = draw_t()
     t_audio = draw_t() if cfg.diffusion.independent_timesteps else t_video
+    # clips whose frames are given clean: t_video = 0 and no video loss (counted out in _batches as well)
+    given = torch.tensor([given_video(cfg, step, int(i)) for i in slot], device=dev)
+    t_video = torch.where(given, torch.zeros_like(t_video), t_video)
     # frames (axis 0 of one clip's (f, c, h, w)) share a part of their noise: the PYoCo prior, 0 by default
     noise = {"video": draw_noise(video, 0, cfg.diffusion.video_noise_correlation), "audio": draw_noise(audio)}
     y = None
@@ -568,7 +584,7 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         labels = batch["label"].to(dev)
         drop = torch.stack([torch.rand((), generator=g) for g in gens]).to(dev) < cfg.train.class_dropout
         y = torch.where((labels < 0) | drop, torch.full_like(labels, cfg.model.num_classes), labels)
-    masks = {"audio": batch["audio_ok"].to(dev).float()}
+    masks = {"audio": batch["audio_ok"].to(dev).float(), "video": (~given).float()}
 
     def model_fn(x: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return net(x["video"], x["audio"], t["video"], t["audio"], y)

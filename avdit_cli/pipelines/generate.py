@@ -28,6 +28,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,10 +38,10 @@ from einops import rearrange
 
 from avdit_cli import __version__
 from avdit_cli.codecs import Codecs, build_codecs
-from avdit_cli.config import Config, DataConfig, Precision, Sampler, TrainMode, apply_overrides
+from avdit_cli.config import Config, DataConfig, Precision, SampleOrder, Sampler, TrainMode, apply_overrides
 from avdit_cli.data.clips import Clip
 from avdit_cli.data.media import MediaError, probe, read_audio, read_video, write_mp4
-from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample
+from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample, sample_in_stages
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models import AVDiT, DiT
@@ -65,6 +66,8 @@ class GenerateOptions:
     sampler: Sampler | None = None  # None: the run's sample.* settings
     steps: int | None = None
     eta: float | None = None
+    order: SampleOrder | None = None  # None: the run's sample.order
+    video_noise_correlation: float | None = None  # None: the run's sample.video_noise_correlation
     cfg_scale: float | None = None
     class_id: int | None = None
     seed: int | None = None
@@ -146,10 +149,11 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
 def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
     """The run's config with this command's sampling choices applied."""
     overrides = []
-    for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta),
+    for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta), ("order", opts.order),
+                       ("video_noise_correlation", opts.video_noise_correlation),
                        ("cfg_scale", opts.cfg_scale), ("seed", opts.seed), ("batch_size", opts.batch_size)):
         if value is not None:
-            overrides.append(f"sample.{key}={value.value if isinstance(value, Sampler) else value}")
+            overrides.append(f"sample.{key}={value.value if isinstance(value, Enum) else value}")
     cfg = apply_overrides(ckpt.config, overrides)
     if opts.eta is not None and opts.eta > 0 and cfg.sample.sampler is not Sampler.DDIM:
         raise ConfigError(f"--eta: only DDIM uses it, and the sampler is {cfg.sample.sampler.value}; "
@@ -158,8 +162,10 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
 
 
 def noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
-    """The sampler's noise correlation for a run: its video noise prior (frames, axis 1 of (b, f, c, h, w))."""
-    rho = cfg.diffusion.video_noise_correlation
+    """The sampler's noise correlation across frames (axis 1 of (b, f, c, h, w)): sample.video_noise_correlation,
+    else the run's training prior diffusion.video_noise_correlation."""
+    rho = cfg.sample.video_noise_correlation
+    rho = cfg.diffusion.video_noise_correlation if rho is None else rho
     return {"video": (1, rho)} if rho > 0 else {}
 
 
@@ -337,10 +343,15 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             if progress:
                 progress(done + b * i / n, total_mine, i / max(1e-9, time.perf_counter() - t0))
 
-        latents = sample(model_fn, {k: (b, *v) for k, v in shapes.items()}, CHANNEL_DIMS, diffusion,
-                         sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens, device=dev,
-                         known=known or None, known_mode=known_mode, progress=on_step, clip_denoised=clip,
-                         noise_correlation=noise_correlation(cfg))
+        batch_shapes = {k: (b, *v) for k, v in shapes.items()}
+        common = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens, device=dev, progress=on_step,
+                      clip_denoised=clip, noise_correlation=noise_correlation(cfg))
+        if s.order is SampleOrder.VIDEO_FIRST and not known:  # the frames, then the sound for them
+            latents = sample_in_stages(model_fn, batch_shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]],
+                                       **common)
+        else:
+            latents = sample(model_fn, batch_shapes, CHANNEL_DIMS, diffusion, known=known or None,
+                             known_mode=known_mode, **common)
         t1 = time.perf_counter()
         frames, waves = decode(latents, codecs, cfg.data.clip_samples)
         if given is not None and given_modality == "audio":
@@ -386,6 +397,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "step": ckpt.step,
             "weights": "ema" if opts.ema else "raw",
             "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta, "clip_denoised": s.clip_denoised,
+            "order": s.order.value if given is None else None,
+            "video_noise_correlation": noise_correlation(cfg).get("video", (1, 0.0))[1],
             "cfg_scale": s.cfg_scale if opts.class_id is not None else None, "class": opts.class_id,
         }
         meta = {

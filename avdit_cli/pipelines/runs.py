@@ -28,14 +28,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from avdit_cli.config import Config, to_yaml
-from avdit_cli.errors import TrainingError
+from avdit_cli.config import Config, apply_overrides, to_yaml
+from avdit_cli.errors import ConfigError, TrainingError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json, file_mode
 from avdit_cli.paths import runs_root
 
@@ -218,15 +218,17 @@ def load_checkpoint(path: Path | None = None, map_location: str | torch.device =
     return Checkpoint(ckpt, state, parts["model"], parts["ema"], parts["optim"])
 
 
-def export_checkpoint(src: Path | None, out: Path, backbone: Path | None = None, extra: dict[str, Any] | None = None
-                      ) -> Path:
+def export_checkpoint(src: Path | None, out: Path, backbone: Path | None = None, extra: dict[str, Any] | None = None,
+                      sample: Sequence[str] = ()) -> Path:
     """A small, portable copy of a checkpoint in ``out``: only the EMA adapter tensors (``ema.*``; no raw
     weights, no optimiser state) and ``state.json``, which still names the backbone by sha256.
 
     ``backbone``: a backbone folder to reference instead of the recorded path, written as a path relative to
     ``out`` (so a folder that travels with its backbone, such as the package's demo models, keeps working);
     its sha256 is checked against the recorded one. ``extra`` is added to the state (e.g. provenance).
-    ``out`` must be absent or empty. Raises TrainingError / WeightsError.
+    ``sample``: ``sample.KEY=VALUE`` overrides, the sampling defaults that `generate` and `demo` use for the
+    exported model (only sample.* keys: the rest of the config says how the weights were made).
+    ``out`` must be absent or empty. Raises TrainingError / WeightsError / ConfigError.
     """
     from avdit_cli.errors import WeightsError
     from avdit_cli.models import DiT
@@ -236,8 +238,14 @@ def export_checkpoint(src: Path | None, out: Path, backbone: Path | None = None,
         raise TrainingError(f"{ckpt.path} holds no EMA weights to export")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"{out} already exists and is not empty; choose another folder")
+    wrong = [item for item in sample if not item.startswith("sample.")]
+    if wrong:
+        raise ConfigError(f"--set {wrong[0]}: an export changes sampling defaults only (sample.KEY=VALUE); the "
+                          "rest of the config records how the weights were trained")
     state = dict(ckpt.state)
     state.pop("optimizer", None)
+    if sample:
+        state["config"] = apply_overrides(ckpt.config, list(sample)).to_dict()
     ref = dict(state.get("backbone") or {})
     if backbone is not None:
         _, report = DiT.from_pretrained(backbone, output_loading_info=True)
