@@ -395,11 +395,10 @@ def validate(cfg: Config) -> None:
         _fail("diffusion.beta_end", df.beta_end, f"0 < beta_start ({df.beta_start}) < beta_end < 1")
     if not 0 <= df.video_noise_correlation < 1:
         _fail("diffusion.video_noise_correlation", df.video_noise_correlation, "a number in [0, 1)")
-    sp = cfg.sample
-    if sp.video_noise_correlation is not None and not 0 <= sp.video_noise_correlation < 1:
-        _fail("sample.video_noise_correlation", sp.video_noise_correlation, "a number in [0, 1) or null")
-    if sp.order is SampleOrder.VIDEO_FIRST and not df.independent_timesteps:
-        _fail("sample.order", sp.order.value,
+    if s.video_noise_correlation is not None and not 0 <= s.video_noise_correlation < 1:
+        _fail("sample.video_noise_correlation", s.video_noise_correlation, "a number in [0, 1) or null")
+    if s.order is SampleOrder.VIDEO_FIRST and not df.independent_timesteps:
+        _fail("sample.order", s.order.value,
               "joint unless the model was trained with diffusion.independent_timesteps=true")
     if not 0 <= df.given_video_prob < 1:
         _fail("diffusion.given_video_prob", df.given_video_prob, "a number in [0, 1)")

@@ -331,24 +331,30 @@ def test_full_mode_trains_the_backbone_too_and_generates(env: Env, tmp_path: Pat
     assert len(out.files) == 1 and out.files[0].stat().st_size > 0
 
 
-def test_video_noise_correlation_reaches_the_training_noise(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def _step_inputs(env: Env, cfg: Config, step: int, monkeypatch: pytest.MonkeyPatch
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What one training step of 4 cached clips hands `training_losses` (noise, t) and its loss masks."""
     from avdit_cli.data.cache import LatentCache
     from avdit_cli.diffusion import Diffusion
 
-    seen = {}
+    seen: dict[str, dict[str, torch.Tensor]] = {}
 
     def capture(diffusion, model_fn, x0, t, channel_dims, *, noise, **kw):
-        seen.update(noise)
+        seen.update(noise=dict(noise), t=dict(t))
         return {"loss": torch.zeros(())}
 
     monkeypatch.setattr(ft, "training_losses", capture)
     cache = LatentCache(env.cache)
     batch = {k: torch.stack([cache[i][k] for i in range(4)]) for k in ("video", "audio", "audio_ok")}
+    _, masks = ft._step_terms(lambda *a: None, Diffusion.from_config(cfg.diffusion), cfg, batch, torch.arange(4),
+                              step, torch.device("cpu"), pretrain=False)
+    return seen["noise"], seen["t"], masks
+
+
+def test_video_noise_correlation_reaches_the_training_noise(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     for rho, low, high in ((0.0, -0.3, 0.3), (0.9, 0.8, 1.0)):
-        cfg = env.cfg(f"diffusion.video_noise_correlation={rho}")
-        ft._step_terms(lambda *a: None, Diffusion.from_config(cfg.diffusion), cfg, batch, torch.arange(4), 0,
-                       torch.device("cpu"), pretrain=False)
-        v = seen["video"]  # (b, f, c, h, w)
+        noise, _, _ = _step_inputs(env, env.cfg(f"diffusion.video_noise_correlation={rho}"), 0, monkeypatch)
+        v = noise["video"]  # (b, f, c, h, w)
         corr = float(torch.corrcoef(torch.stack([v[:, 0].flatten(), v[:, -1].flatten()]))[0, 1])
         assert low < corr < high, (rho, corr)
 
@@ -356,28 +362,17 @@ def test_video_noise_correlation_reaches_the_training_noise(env: Env, monkeypatc
 def test_given_video_clips_go_in_clean_without_a_video_loss_and_are_counted_out(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     from avdit_cli.data.cache import LatentCache
-    from avdit_cli.diffusion import Diffusion
 
     cfg = env.cfg("diffusion.independent_timesteps=true", "diffusion.given_video_prob=0.5")
     share = sum(ft.given_video(cfg, step, slot) for step in range(100) for slot in range(8)) / 800
     assert 0.42 < share < 0.58
     assert not any(ft.given_video(env.cfg(), step, slot) for step in range(20) for slot in range(8))  # off
 
-    seen = {}
-
-    def capture(diffusion, model_fn, x0, t, channel_dims, *, noise, **kw):
-        seen.update(t)
-        return {"loss": torch.zeros(())}
-
-    monkeypatch.setattr(ft, "training_losses", capture)
-    cache = LatentCache(env.cache)
-    batch = {k: torch.stack([cache[i][k] for i in range(4)]) for k in ("video", "audio", "audio_ok")}
     for step in range(6):
-        _, masks = ft._step_terms(lambda *a: None, Diffusion.from_config(cfg.diffusion), cfg, batch,
-                                  torch.arange(4), step, torch.device("cpu"), pretrain=False)
+        _, t, masks = _step_inputs(env, cfg, step, monkeypatch)
         given = torch.tensor([ft.given_video(cfg, step, i) for i in range(4)])
         assert masks["video"].tolist() == (~given).float().tolist()
-        assert (seen["video"][given] == 0).all() and (seen["audio"] >= 0).all()
+        assert (t["video"][given] == 0).all() and (t["audio"] >= 0).all()
     # the planner divides the video loss by the clips that carry one
     dataset = LatentCache(env.cache)
     per_step = cfg.train.batch_size

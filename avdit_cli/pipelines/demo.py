@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from avdit_cli.config import Config, load_preset
+from avdit_cli.config import Config, load_preset, parse_override
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
 from avdit_cli.data.frame_stats import frame_stats
@@ -250,7 +250,7 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     # The demo's sampler settings (tiny preset + --set) apply to the shipped models too: DDIM 25 unless changed.
     # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
     # A shipped model's own sampling order and frame-noise correlation hold unless --set names them.
-    named = {item.split("=", 1)[0].strip() for item in opts.overrides}
+    named = {parse_override(item)[0] for item in opts.overrides}
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
                                sampler=cfg.sample.sampler, steps=cfg.sample.steps, reference=data_dir,
                                order=cfg.sample.order if "sample.order" in named else None,

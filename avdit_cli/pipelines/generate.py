@@ -161,11 +161,16 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
     return cfg
 
 
-def noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
-    """The sampler's noise correlation across frames (axis 1 of (b, f, c, h, w)): sample.video_noise_correlation,
-    else the run's training prior diffusion.video_noise_correlation."""
+def frame_noise_rho(cfg: Config) -> float:
+    """The sampler's noise correlation across frames: sample.video_noise_correlation, else the run's training
+    prior diffusion.video_noise_correlation."""
     rho = cfg.sample.video_noise_correlation
-    rho = cfg.diffusion.video_noise_correlation if rho is None else rho
+    return cfg.diffusion.video_noise_correlation if rho is None else rho
+
+
+def noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
+    """:func:`frame_noise_rho` as the sampler takes it: frames are axis 1 of (b, f, c, h, w)."""
+    rho = frame_noise_rho(cfg)
     return {"video": (1, rho)} if rho > 0 else {}
 
 
@@ -398,7 +403,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "weights": "ema" if opts.ema else "raw",
             "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta, "clip_denoised": s.clip_denoised,
             "order": s.order.value if given is None else None,
-            "video_noise_correlation": noise_correlation(cfg).get("video", (1, 0.0))[1],
+            "video_noise_correlation": frame_noise_rho(cfg),
             "cfg_scale": s.cfg_scale if opts.class_id is not None else None, "class": opts.class_id,
         }
         meta = {
