@@ -279,6 +279,11 @@ class SampleConfig:
     # model was trained with (diffusion.video_noise_correlation). A model trained on independent frames can
     # be sampled with alike ones: the frozen image backbone then draws alike frames (README, the demo).
     video_noise_correlation: float | None = None
+    # Classifier-free guidance towards a given modality (UniDiffuser): when one track is given (the sound stage
+    # of video-first sampling, generate --video-from / --audio-from), the model also runs with that track
+    # "not known" (pure noise at T - 1) and the drawn track's eps is pushed s times away from that answer.
+    # 1: none. Needs diffusion.independent_timesteps (the model must have learnt "not known").
+    cross_modal_guidance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -400,6 +405,11 @@ def validate(cfg: Config) -> None:
     if s.order is SampleOrder.VIDEO_FIRST and not df.independent_timesteps:
         _fail("sample.order", s.order.value,
               "joint unless the model was trained with diffusion.independent_timesteps=true")
+    if s.cross_modal_guidance < 0:
+        _fail("sample.cross_modal_guidance", s.cross_modal_guidance, "a number >= 0 (1: no guidance)")
+    if s.cross_modal_guidance != 1 and not df.independent_timesteps:
+        _fail("sample.cross_modal_guidance", s.cross_modal_guidance,
+              "1 unless the model was trained with diffusion.independent_timesteps=true")
     if not 0 <= df.given_video_prob < 1:
         _fail("diffusion.given_video_prob", df.given_video_prob, "a number in [0, 1)")
     if df.given_video_prob > 0 and not df.independent_timesteps:

@@ -11,7 +11,8 @@ for the models in the package), on N real clips of a synthetic bouncing-ball fol
   frames, smooth moves and audio onsets per clip (``avdit_cli.pipelines.demo.score_group``).
 
 `--backbone PATH` adds the frozen image backbone alone: N x 16 single images, scored as frames. `--loss` prints
-each run's logged loss per modality at a few steps (metrics.jsonl). Rows print as a table and, with `--json`,
+each run's logged loss per modality at a few steps (metrics.jsonl). `--set sample.KEY=VALUE` changes a
+sampling setting of every run (e.g. `sample.cross_modal_guidance=3`). Rows print as a table and, with `--json`,
 as JSON.
 
     python benchmarks/demo_diagnosis.py --real DATA_DIR --run runs/x [--run runs/y] [-n 32] [--backbone DIR]
@@ -33,7 +34,7 @@ import torch
 from einops import rearrange
 
 from avdit_cli.codecs import Codecs, build_codecs
-from avdit_cli.config import Config, SampleOrder
+from avdit_cli.config import Config, SampleOrder, apply_overrides
 from avdit_cli.data.clips import Clip
 from avdit_cli.diffusion import Diffusion, sample, sample_in_stages
 from avdit_cli.models import DiT
@@ -42,7 +43,7 @@ from avdit_cli.pipelines.generate import (CHANNEL_DIMS, VOCODER_SEED, decode, lo
                                          open_checkpoint)
 from avdit_cli.pipelines.preprocess import encode_clips
 
-COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves",
+COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves", "median_step",
            "onsets_per_clip")
 
 
@@ -67,7 +68,8 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
         fn = lambda x, t: model(x["video"], x["audio"], t["video"], t["audio"])  # noqa: E731
         batch_shapes = {k: (len(idx), *v) for k, v in shapes.items()}
         common = dict(sampler=cfg.sample.sampler, steps=cfg.sample.steps, eta=cfg.sample.eta, generator=gens,
-                      clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg))
+                      clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg),
+                      known_guidance=cfg.sample.cross_modal_guidance if cfg.diffusion.independent_timesteps else 1.0)
         if cfg.sample.order is SampleOrder.VIDEO_FIRST and not kn:  # as `avdit generate` draws it
             z = sample_in_stages(fn, batch_shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]], **common)
         else:
@@ -79,11 +81,11 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
     return np.stack(frames), np.stack(waves)
 
 
-def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, ema: bool = True
-                 ) -> list[dict[str, Any]]:
+def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, ema: bool = True,
+                 sample_sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     ckpt = open_checkpoint(shipped_run(run != "shipped-no-joint") if run in ("shipped", "shipped-no-joint")
                            else Path(run))
-    cfg = ckpt.config
+    cfg = apply_overrides(ckpt.config, sample_sets)
     model = load_run_model(ckpt, cfg, torch.device("cpu"), ema=ema)
     codecs = build_codecs(cfg.replace(**{"sample.seed": VOCODER_SEED}), "cpu")
     n = len(real)
@@ -156,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--no-ema", action="store_true", help="the raw weights instead of their EMA")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--set", action="append", default=[], metavar="sample.KEY=VALUE",
+                    help="a sampling setting for every run, e.g. sample.cross_modal_guidance=3")
     args = ap.parse_args(argv)
+    if any(not item.startswith("sample.") for item in args.set):
+        ap.error("--set takes sampling settings only (sample.KEY=VALUE)")
     torch.set_num_threads(1)
 
     from avdit_cli.config import load_preset
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(diagnose_backbone(args.backbone, cfg, args.n))
     for i, run in enumerate(args.run):
         name = args.name[i] if i < len(args.name) else Path(run).name
-        rows.extend(diagnose_run(name, run, real, args.batch_size, ema=not args.no_ema))
+        rows.extend(diagnose_run(name, run, real, args.batch_size, ema=not args.no_ema, sample_sets=tuple(args.set)))
         if Path(run).is_dir() and (Path(run) / "metrics.jsonl").exists():
             losses[name] = loss_rows(Path(run))
     for name, lr in losses.items():

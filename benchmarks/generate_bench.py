@@ -13,6 +13,13 @@ are not timed in this mode (they need the downloaded VAEs); a sampler adds a few
 
     python benchmarks/generate_bench.py --gpu [--preset aist] [--batch-size 8] [--calls 20] [--json out.json]
 
+Video-first stages (``--stages``, CPU): one denoiser call of each stage of ``--order video-first`` on the tiny
+preset (random weights, the joint block after the last block): the frames' stage (a full call); the sound
+stage without and with the video stream kept between calls (``VideoStreamCache``); and the sound stage with
+``--cross-modal-guidance`` (one doubled batch, both halves' frames fixed, so both kept).
+
+    python benchmarks/generate_bench.py --stages [--batch-size 4] [--calls 20] [--json out.json]
+
 ``gpu_suite.py`` measures the same denoiser (and the whole ``avdit generate`` with random SD-VAE, AudioLDM VAE
 and HiFi-GAN written in their real layouts) in one run with every other GPU figure.
 
@@ -29,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -110,6 +117,48 @@ def bench_gpu(preset: str, batch_size: int, calls: int, warmup: int) -> dict[str
             "params": n_params, "torch": torch.__version__}
 
 
+def bench_stages(batch_size: int, calls: int, warmup: int) -> dict[str, Any]:
+    from avdit_cli.models import VideoStreamCache
+
+    cfg = load_preset("tiny", ["diffusion.independent_timesteps=true"])
+    dev = torch.device("cpu")
+    model = bl.build_avdit(cfg, dev).eval()
+    x = bl.av_inputs(cfg, batch_size, dev)
+    zero, last = torch.zeros_like(x["t"]), torch.full_like(x["t"], cfg.diffusion.num_timesteps - 1)
+    noise = torch.randn_like(x["video"])
+    cache, cache2 = VideoStreamCache(), VideoStreamCache()
+
+    def frames_stage() -> None:  # the frames at t, the sound unseen (noise at T - 1)
+        model(x["video"], x["audio"], x["t"], last)
+
+    def sound_stage(keep: bool) -> Callable[[], None]:  # the finished frames clean at t = 0, the sound at t
+        return lambda: model(x["video"], x["audio"], zero, x["t"], video_cache=cache if keep else None)
+
+    def guided() -> None:  # the doubled batch: the frames given, then "not known"
+        model(torch.cat([x["video"], noise]), torch.cat([x["audio"], x["audio"]]), torch.cat([zero, last]),
+              torch.cat([x["t"], x["t"]]), video_cache=cache2)
+
+    rows = []
+    with torch.no_grad():
+        for name, fn in (("frames' stage (full call)", frames_stage), ("sound stage", sound_stage(False)),
+                         ("sound stage, video stream kept", sound_stage(True)),
+                         ("sound stage, kept, cross-modal guidance", guided)):
+            s = bl.stats(bl.time_ms(fn, dev, warmup, calls))
+            rows.append({"call": name, "ms_median": s["median_ms"], "ms_min": s["min_ms"]})
+    for r in rows:
+        r["vs_full"] = r["ms_median"] / rows[0]["ms_median"]
+    return {"mode": "stages", "preset": "tiny", "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "calls": calls, "torch": torch.__version__, "rows": rows}
+
+
+def stages_table(r: dict[str, Any]) -> str:
+    lines = [f"tiny preset, CPU, {r['threads']} thread(s), random weights, batch {r['batch_size']}, "
+             f"{r['calls']} calls each\n", "| denoiser call | ms (median) | ms (min) | vs the full call |",
+             "|---|---:|---:|---:|"]
+    lines += [f"| {x['call']} | {x['ms_median']:.1f} | {x['ms_min']:.1f} | {x['vs_full']:.2f} |" for x in r["rows"]]
+    return "\n".join(lines)
+
+
 def gpu_table(r: dict[str, Any]) -> str:
     return (f"{r['preset']} denoiser, {r['device']}, {r['precision']}, random weights, batch {r['batch_size']}\n\n"
             "| ms / call (median) | ms / call (min) | ms / call / clip | peak GiB |\n|---:|---:|---:|---:|\n"
@@ -120,6 +169,7 @@ def gpu_table(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", action="store_true", help="time the paper-size denoiser on a GPU instead")
+    ap.add_argument("--stages", action="store_true", help="time one denoiser call per video-first stage (CPU)")
     ap.add_argument("--samplers", nargs="+", default=[s.value for s in Sampler], choices=[s.value for s in Sampler])
     ap.add_argument("--steps", nargs="+", type=int, default=[10, 25])
     ap.add_argument("--num", type=int, default=4, help="clips per CPU measurement")
@@ -136,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.gpu:
         result = bench_gpu(args.preset, args.batch_size or 8, args.calls, args.warmup)
         table = gpu_table(result)
+    elif args.stages:
+        result = bench_stages(args.batch_size or 4, args.calls, args.warmup)
+        table = stages_table(result)
     else:
         t0 = time.perf_counter()
         result = bench_cpu(args.samplers, args.steps, args.num, args.batch_size or 4, args.repeats)

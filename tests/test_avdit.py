@@ -18,7 +18,7 @@ from _models_fixtures import (
 
 from avdit_cli.config import TemporalPos, load_preset
 from avdit_cli.errors import ConfigError, WeightsError
-from avdit_cli.models import AVDiT, DiT, parameter_counts
+from avdit_cli.models import AVDiT, DiT, VideoStreamCache, parameter_counts
 from avdit_cli.models.adapters import block_lora
 
 
@@ -361,3 +361,36 @@ def test_cross_only_joint_attention_sees_the_other_modality_only() -> None:
         _, a2 = adapter(block, xv, xa2, c, c, times)
     # the other audio tokens' outputs do not depend on token 0 (no audio-audio attention in this block)
     torch.testing.assert_close(a1[:, 1:], a2[:, 1:])
+
+
+# ---- the video stream cache ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides", [dict(joint_after=(0,)), dict(joint_after=(-1,)), dict(joint=False)],
+                         ids=["joint-first", "joint-last", "no-joint"])
+def test_video_stream_cache_is_exact(overrides: dict) -> None:
+    model = build(**overrides).eval()
+    randomize_adapters(model)
+    x = av_inputs(b=2, f=3)
+    cache = VideoStreamCache()
+    with torch.no_grad():
+        for seed in range(3):  # the same frames, new sound each time: the sound stage of video-first sampling
+            x["audio"] = torch.randn(x["audio"].shape, generator=torch.Generator().manual_seed(seed))
+            x["t_audio"] = torch.full((2,), 100.0 * seed)
+            plain, reused = model(**x), model(**x, video_cache=cache)
+            for m in ("video", "audio"):
+                assert torch.equal(plain[m], reused[m]), (seed, m)
+        assert (cache.hits, cache.misses) == (2, 1)
+        misses = 1
+        for key in ("video", "t_video", "y"):  # any new input of the video stream runs it again
+            x[key] = (x[key] + 1) % 11 if key == "y" else x[key] + 1  # y: 10 classes + the null class
+            assert torch.equal(model(**x)["audio"], model(**x, video_cache=cache)["audio"]), key
+            misses += 1
+            assert cache.misses == misses, key
+
+
+def test_video_stream_cache_is_not_used_while_training() -> None:
+    model = build().train()
+    cache = VideoStreamCache()
+    x = av_inputs()
+    model(**x, video_cache=cache)
+    model(**x, video_cache=cache)
+    assert cache.hits == cache.misses == 0

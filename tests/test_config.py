@@ -81,6 +81,8 @@ def test_int_given_for_float_is_accepted() -> None:
         ("model.num_heads=5", ["model.hidden_size", "multiple"]),
         ("model.lora_targets=[qkv, bogus]", ["model.lora_targets"]),
         ("model.joint_after=[28]", ["model.joint_after"]),
+        ("sample.cross_modal_guidance=-1", ["sample.cross_modal_guidance", ">= 0"]),
+        ("sample.cross_modal_guidance=3", ["sample.cross_modal_guidance", "independent_timesteps"]),
         ("sample.steps=2000", ["sample.steps"]),
         ("diffusion.beta_end=0.00001", ["diffusion.beta_end"]),
         ("train.ema_decay=1.5", ["train.ema_decay"]),

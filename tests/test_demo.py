@@ -144,6 +144,19 @@ def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_
     assert json.loads(result.stdout)["metrics"]["av-align"]["status"] == "ok"
 
 
+def test_pretrained_demo_checks_sampling_settings_against_the_shipped_model(tmp_path: Path) -> None:
+    """Video-first order and cross-modal guidance need a model trained with independent timesteps: the shipped
+    ones were, the tiny preset the training demo starts from is not."""
+    from avdit_cli.errors import ConfigError
+    from avdit_cli.pipelines.demo import demo_config
+
+    sets = ("sample.order=video-first", "sample.cross_modal_guidance=2")
+    cfg = demo_config(DemoOptions(out_dir=tmp_path, pretrained=True, overrides=sets))
+    assert cfg.sample.cross_modal_guidance == 2 and cfg.diffusion.independent_timesteps
+    with pytest.raises(ConfigError, match="independent_timesteps"):
+        demo_config(DemoOptions(out_dir=tmp_path, overrides=sets))
+
+
 def test_the_shipped_joint_model_hears_the_frames_and_the_ablation_does_not(short_demo: tuple[Path, object]) -> None:
     """Audio eps-MSE with each clip's own clean frames (t_video = 0) against another clip's frames: the joint
     block makes the sound depend on what is seen; without it the frames cannot change the sound at all."""

@@ -27,6 +27,13 @@ def test_real_clips_hold_one_or_two_balls_without_noise(real_clips: list[np.ndar
     assert stats.one_or_two_balls >= 0.95
     assert stats.noise_frames == 0.0
     assert stats.smooth_moves >= 0.9
+    assert 0.04 <= stats.median_step <= 0.2  # the data's balls travel ~0.09 frame heights per frame
+
+
+def test_balls_that_stand_still_are_smooth_but_do_not_travel(real_clips: list[np.ndarray]) -> None:
+    still = [np.repeat(clip[:1], 16, axis=0) for clip in real_clips]  # each clip's first frame, held
+    stats = frame_stats(still)
+    assert stats.smooth_moves == 1.0 and stats.median_step == 0.0
 
 
 def test_the_count_matches_the_rendered_balls() -> None:

@@ -440,6 +440,47 @@ def test_video_first_order_and_noise_correlation_are_options_recorded_in_samples
     assert not (tmp_path / "no").exists()
 
 
+def test_video_first_sound_stage_reuses_the_frames_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 2 of video-first sampling runs the video stream once per batch, and the clips do not change."""
+    from avdit_cli.config import SampleOrder
+    from avdit_cli.models import VideoStreamCache
+
+    run, _ = make_run(tmp_path / "indep", {"diffusion.independent_timesteps": True})
+    calls: list[bool] = []
+    lookup = VideoStreamCache.lookup
+
+    def counted(self: VideoStreamCache, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        calls.append(lookup(self, inputs) is not None)
+        return self.tokens if calls[-1] else None
+
+    monkeypatch.setattr(VideoStreamCache, "lookup", counted)
+    cached = gen(run, tmp_path / "cached", num=3, order=SampleOrder.VIDEO_FIRST)
+    # 2 batches x 2 stages x STEPS calls; in stage 2 all but the first call of a batch reuse the stream
+    assert len(calls) == 2 * 2 * STEPS and sum(calls) == 2 * (STEPS - 1)
+    monkeypatch.setattr(VideoStreamCache, "lookup", lambda self, inputs: None)
+    plain = gen(run, tmp_path / "plain", num=3, order=SampleOrder.VIDEO_FIRST)
+    for m in ("video", "audio"):
+        assert torch.equal(cached.latents[m], plain.latents[m]), m
+
+
+def test_cross_modal_guidance_guides_the_sound_stage_and_needs_a_given_track(tmp_path: Path) -> None:
+    from avdit_cli.config import SampleOrder
+
+    run, _ = make_run(tmp_path / "indep", {"diffusion.independent_timesteps": True})
+    plain = gen(run, tmp_path / "plain", num=2, order=SampleOrder.VIDEO_FIRST)
+    guided = gen(run, tmp_path / "guided", num=2, order=SampleOrder.VIDEO_FIRST, cross_modal_guidance=3.0)
+    assert torch.equal(plain.latents["video"], guided.latents["video"])  # the frames' stage has nothing given
+    assert not torch.equal(plain.latents["audio"], guided.latents["audio"])
+    meta = json.loads((tmp_path / "guided" / "samples.json").read_text())
+    assert meta["samples"][0]["cross_modal_guidance"] == 3.0
+    with pytest.raises(ConfigError, match="--cross-modal-guidance"):
+        gen(run, tmp_path / "joint", num=1, order=SampleOrder.JOINT, cross_modal_guidance=3.0)
+    assert not (tmp_path / "joint").exists()
+    result = runner.invoke(app, ["generate", "--run", str(run), "-o", str(tmp_path / "cli"), "-n", "1", "--steps", "2",
+                                 "--order", "video-first", "--cross-modal-guidance", "2"])
+    assert result.exit_code == 0, result.output
+
+
 def test_export_sets_sampling_defaults_only(tiny: tuple[Path, Config], tmp_path: Path) -> None:
     from avdit_cli.pipelines.runs import export_checkpoint, load_checkpoint
 

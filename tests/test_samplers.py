@@ -498,3 +498,52 @@ def test_one_stage_is_joint_sampling_and_bad_stages_are_refused(diffusion) -> No
         sample_in_stages(_toy_model(), SMALL, CD, diffusion, [["video"]], generator=torch.Generator())
     with pytest.raises(ValueError, match="neither generated nor known"):
         sample(_toy_model(), SMALL, CD, diffusion, generator=torch.Generator(), absent={"audio": torch.zeros(2)})
+
+
+def test_known_guidance_is_cfg_between_known_and_not_known(diffusion) -> None:
+    """Guided sampling with a model whose sound depends on whether the frames are known equals unguided sampling
+    with the model that returns eps_u + s (eps_c - eps_u) itself; the "not known" frames are one fixed noise
+    tensor at T - 1, and s = 1 changes nothing."""
+    known = {"video": torch.randn(SMALL["video"], generator=torch.Generator().manual_seed(9))}
+
+    def sound(x, t, frames_known):  # eps of the sound, with and without frames
+        v = x["audio"]
+        scale = 0.4 if frames_known else -0.2
+        return scale * torch.tanh(v) + 0.001 * t["audio"].view(-1, 1, 1, 1)
+
+    record = []
+
+    def model_fn(x, t):
+        record.append(({m: v.clone() for m, v in x.items()}, {m: v.clone() for m, v in t.items()}))
+        frames_known = (t["video"] == 0).view(-1, 1, 1, 1)
+        eps = torch.where(frames_known, sound(x, t, True), sound(x, t, False))
+        return {"video": torch.zeros_like(torch.cat([x["video"]] * 2, dim=2)),
+                "audio": torch.cat([eps, torch.full_like(eps, 7.0)], dim=1)}  # the variance half: constant
+
+    def pre_guided(s):
+        def fn(x, t):
+            c, u = sound(x, t, True), sound(x, t, False)
+            return {"audio": torch.cat([u + s * (c - u), torch.full_like(c, 7.0)], dim=1),
+                    "video": torch.zeros_like(torch.cat([x["video"]] * 2, dim=2))}
+        return fn
+
+    common = dict(sampler="ddim", steps=6, known=known, known_mode="timestep")
+    guided = sample(model_fn, SMALL, CD, diffusion, generator=torch.Generator().manual_seed(0), known_guidance=3.0,
+                    **common)
+    want = sample(pre_guided(3.0), SMALL, CD, diffusion, generator=torch.Generator().manual_seed(0), **common)
+    assert torch.allclose(guided["audio"], want["audio"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(guided["video"], known["video"])
+    unknown = record[0][0]["video"][2:]
+    for x, t in record:  # one doubled batch per step: the given frames at t = 0, then fixed noise at T - 1
+        assert x["video"].shape[0] == 4 and torch.equal(x["video"][:2], known["video"])
+        assert torch.equal(x["video"][2:], unknown) and t["video"].tolist() == [0, 0, 999, 999]
+        assert torch.equal(x["audio"][:2], x["audio"][2:])
+    assert abs(float(unknown.std()) - 1.0) < 0.35
+    plain = sample(model_fn, SMALL, CD, diffusion, generator=torch.Generator().manual_seed(0), known_guidance=1.0,
+                   **common)
+    conditional = sample(lambda x, t: model_fn(x, {**t, "video": torch.zeros_like(t["video"])}), SMALL, CD, diffusion,
+                         generator=torch.Generator().manual_seed(0), **common)
+    assert torch.equal(plain["audio"], conditional["audio"])
+    with pytest.raises(ValueError, match="timestep"):
+        sample(model_fn, SMALL, CD, diffusion, generator=torch.Generator(), known=known, known_mode="replace",
+               known_guidance=2.0)

@@ -33,6 +33,10 @@ def generate(
     noise_correlation: Optional[float] = typer.Option(
         None, "--noise-correlation", min=0.0, max=0.99, metavar="RHO",
         help="Correlation of the frames' initial noise, 0 = independent (default: the run's sample setting)."),
+    cross_modal_guidance: Optional[float] = typer.Option(
+        None, "--cross-modal-guidance", min=0.0, metavar="S",
+        help="Guide the drawn track towards the given one (the sound stage of video-first, --video-from, "
+             "--audio-from); 1 = none (default: the run's sample setting)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0.0,
                                               help="Guidance scale (class-conditional runs)."),
     class_id: Optional[int] = typer.Option(None, "--class", min=0, help="Class id (class-conditional runs)."),
@@ -49,6 +53,7 @@ def generate(
     checkpoint = run if run is None or run.startswith(HF_SCHEME) else Path(run)
     opts = GenerateOptions(out_dir=out, num=num, checkpoint=checkpoint, ema=ema, sampler=sampler, steps=steps, eta=eta,
                            order=order, video_noise_correlation=noise_correlation,
+                           cross_modal_guidance=cross_modal_guidance,
                            cfg_scale=cfg_scale, class_id=class_id, seed=seed, batch_size=batch_size, device=device,
                            audio_from=audio_from, video_from=video_from, overwrite=overwrite,
                            save_latents=save_latents)

@@ -104,6 +104,7 @@ def sample(
     clip_denoised: bool | Mapping[str, tuple[float, float] | None] = False,
     noise_correlation: Mapping[str, Correlation] | None = None,
     absent: Mapping[str, Tensor] | None = None,
+    known_guidance: float = 1.0,
 ) -> dict[str, Tensor]:
     """Generate every modality in ``shapes`` (full shapes with the batch dim, e.g. video (b, f, c, h, w)).
 
@@ -116,6 +117,11 @@ def sample(
     modality (x_T, DDPM's and DDIM's step noise, a known modality's noising). Returns a dict with every
     modality of ``shapes`` and ``known``. ``absent``: per modality a fixed noise tensor (full shape) fed at t = T - 1
     at every step and not returned (see the module doc).
+    ``known_guidance`` s (``'timestep'`` mode only): classifier-free guidance towards the known modalities, as
+    UniDiffuser (Bao et al. 2023) does with a joint model trained with independent timesteps: the model also
+    runs with every known modality replaced by seeded pure noise at T - 1 ("not known"), in one doubled batch,
+    and each generated modality's eps is ``eps_u + s (eps_c - eps_u)`` (the variance half stays conditional).
+    s = 1 is plain conditional sampling. The guidance noise is drawn after x_T, so s = 1 draws as before.
     """
     sampler = Sampler(sampler)
     device = torch.device(device)
@@ -148,6 +154,10 @@ def sample(
     )
 
     x = {m: noise(m, shapes[m], device, dtype) for m in generated}  # x_T
+    guided = known_guidance != 1.0 and bool(known)
+    if guided and known_mode != "timestep":
+        raise ValueError("known_guidance needs known_mode='timestep' (a model trained with independent timesteps)")
+    unknown = {m: noise(m, known[m].shape, device, dtype) for m in sorted(known)} if guided else {}
     zeros = torch.zeros(b, dtype=torch.long, device=device)
     last = torch.full((b,), diffusion.num_timesteps - 1, dtype=torch.long, device=device)  # original scale
     for done, i in enumerate(range(n - 1, -1, -1), start=1):
@@ -163,7 +173,10 @@ def sample(
                 t_in[m] = t_model
         for m in sorted(absent):
             inputs[m], t_in[m] = absent[m], last
-        out = model_fn(inputs, t_in)
+        if guided:
+            out = _guide_towards_known(model_fn, inputs, t_in, unknown, last, generated, channel_dims, known_guidance)
+        else:
+            out = model_fn(inputs, t_in)
         for m in generated:
             x[m] = step_fn(m, out[m].to(dtype), x[m], i)
         if progress is not None:
@@ -310,6 +323,30 @@ class _DPMSolverPP2M(_Step):
         return ratio * x - phi * d
 
 
+def _guided_eps(cond: Tensor, uncond: Tensor, channels: int, dim: int, scale: float) -> Tensor:
+    """``eps_u + s (eps_c - eps_u)`` on the first ``channels`` of ``dim`` (eps), the rest (a learned variance)
+    from the conditional output."""
+    eps_c, rest_c = cond.split([channels, cond.shape[dim] - channels], dim=dim)
+    eps_u = uncond.narrow(dim, 0, channels)
+    return torch.cat([eps_u + scale * (eps_c - eps_u), rest_c], dim=dim)
+
+
+def _guide_towards_known(
+    model_fn: ModelFn, inputs: Mapping[str, Tensor], t_in: Mapping[str, Tensor], unknown: Mapping[str, Tensor],
+    last: Tensor, generated: Sequence[str], channel_dims: Mapping[str, int], scale: float,
+) -> dict[str, Tensor]:
+    """One doubled model call: the inputs as they are, then with each known modality (a key of ``unknown``)
+    replaced by its fixed noise at t = T - 1; guided eps for the generated modalities (see :func:`sample`)."""
+    x2 = {m: torch.cat([v, unknown[m] if m in unknown else v]) for m, v in inputs.items()}
+    t2 = {m: torch.cat([v, last if m in unknown else v]) for m, v in t_in.items()}
+    out = model_fn(x2, t2)
+    result = {}
+    for m in generated:
+        cond, uncond = out[m].chunk(2, dim=0)
+        result[m] = _guided_eps(cond, uncond, inputs[m].shape[channel_dims[m]], channel_dims[m], scale)
+    return result
+
+
 def classifier_free_guidance(
     model_fn_y: Callable[[Mapping[str, Tensor], Mapping[str, Tensor], Tensor], Mapping[str, Tensor]],
     y: Tensor,
@@ -332,14 +369,7 @@ def classifier_free_guidance(
         x2 = {m: torch.cat([v, v]) for m, v in x.items()}  # (2b, ...): cond first, then uncond
         t2 = {m: torch.cat([v, v]) for m, v in t.items()}
         out = model_fn_y(x2, t2, torch.cat([y, null]))
-        result = {}
-        for m, o in out.items():
-            cd = channel_dims[m]
-            c = x[m].shape[cd]
-            cond, uncond = o.chunk(2, dim=0)
-            eps_c, rest_c = cond.split([c, o.shape[cd] - c], dim=cd)
-            eps_u = uncond.narrow(cd, 0, c)
-            result[m] = torch.cat([eps_u + scale * (eps_c - eps_u), rest_c], dim=cd)
-        return result
+        return {m: _guided_eps(*o.chunk(2, dim=0), x[m].shape[channel_dims[m]], channel_dims[m], scale)
+                for m, o in out.items()}
 
     return guided

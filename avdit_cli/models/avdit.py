@@ -18,6 +18,7 @@ other module is new and trained. At initialisation the video output equals the f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -30,6 +31,33 @@ from avdit_cli.config import Config, ModelConfig, TemporalPos
 from avdit_cli.errors import ConfigError, WeightsError
 from avdit_cli.models.adapters import JointBlockAdapter, TemporalAttention, block_lora
 from avdit_cli.models.dit import DiT, FinalLayer, sincos_1d, sincos_2d
+
+
+@dataclass
+class VideoStreamCache:
+    """The video tokens entering the first joint block (all blocks' output when there is none), kept between
+    calls of :meth:`AVDiT.forward` that see the same frames, video timestep and class.
+
+    Up to its first joint block the video stream depends on those three only, so when the frames are given
+    and fixed (the sound stage of video-first sampling) every sampler step after the first reuses it and runs
+    just the audio branch and the joint block. Exact: a call reuses the tokens only when its inputs are
+    ``torch.equal`` to the stored ones, and never while autograd records. Use one cache per batch of samples.
+    """
+
+    inputs: tuple[Tensor, ...] = ()  # video, t_video, y (or an empty tensor for None)
+    tokens: Tensor | None = None  # (b f) n d
+    hits: int = 0  # calls that reused the tokens
+    misses: int = 0  # calls that ran the video stream
+
+    def lookup(self, inputs: tuple[Tensor, ...]) -> Tensor | None:
+        same = (self.tokens is not None and len(inputs) == len(self.inputs)
+                and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(inputs, self.inputs)))
+        self.hits += same
+        self.misses += not same
+        return self.tokens if same else None
+
+    def store(self, inputs: tuple[Tensor, ...], tokens: Tensor) -> None:
+        self.inputs, self.tokens = tuple(t.detach().clone() for t in inputs), tokens.detach()
 
 
 class AVDiT(nn.Module):
@@ -225,9 +253,11 @@ class AVDiT(nn.Module):
         t_video: Tensor,
         t_audio: Tensor | None = None,
         y: Tensor | None = None,
+        video_cache: VideoStreamCache | None = None,
     ) -> dict[str, Tensor]:
         """video (b, f, c, h, w), audio (b, c_a, T_a, M_a), timesteps (b,) -> {"video": (b, f, 2c, h, w),
-        "audio": (b, 2c_a, T_a, M_a)}. ``t_audio=None`` uses ``t_video``; ``y=None`` is the null class."""
+        "audio": (b, 2c_a, T_a, M_a)}. ``t_audio=None`` uses ``t_video``; ``y=None`` is the null class.
+        ``video_cache`` reuses the video stream of an earlier call with the same frames (no-grad only)."""
         self._check_inputs(video, audio, t_video, t_audio, y)
         bb = self.backbone
         b, f = video.shape[:2]
@@ -244,8 +274,18 @@ class AVDiT(nn.Module):
         tpos = self._temporal_pos(f, xv.device)
         times = self.joint_token_times(f, gh, gw, xv.device) if len(self.joint) else None
 
+        # The video stream through block `fixed` depends on the frames, t_video and y only (see VideoStreamCache).
+        fixed = min((int(k) for k in self.joint), default=bb.depth - 1)
+        key = (video, t_video, y if y is not None else video.new_empty(0))
+        use_cache = video_cache is not None and not torch.is_grad_enabled()
+        cached = video_cache.lookup(key) if use_cache else None
         for k in range(bb.depth):
-            xv = self._call(self._video_block, k, xv, cv_frames, f, tpos)
+            if cached is None or k > fixed:
+                xv = self._call(self._video_block, k, xv, cv_frames, f, tpos)
+            elif k == fixed:
+                xv = cached
+            if use_cache and cached is None and k == fixed:
+                video_cache.store(key, xv)
             xa = self._call(self._audio_block, k, xa, ca)
             if str(k) in self.joint:
                 xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f, times)

@@ -7,10 +7,11 @@
 4. fine-tune AV-DiT's adapters on the frozen backbone (`--no-joint`: without the joint block);
 5. generate clips with sound;
 6. score them: the synthetic data's sync F1 and AV-Align, and the frame and audio statistics that say whether
-   the clips look and sound like the data (balls per frame, noise frames, smooth moves, onsets per clip), of
-   real clips, of real clips with their audio shuffled across clips (the chance level), of the generated
-   clips and of the generated clips with their audio shuffled (their own chance level: sync F1 depends on how
-   many events each side has, so a model whose sound ignores its frames scores this, not the real chance);
+   the clips look and sound like the data (balls per frame, noise frames, smooth moves and how far balls travel,
+   onsets per clip), of real clips, of real clips with their audio shuffled across clips (the chance level), of
+   the generated clips and of the generated clips with their audio shuffled (their own chance level: sync F1
+   depends on how many events each side has, so a model whose sound ignores its frames scores this, not the
+   real chance);
    plus `avdit eval`'s metrics where possible.
 
 With ``pretrained`` (``avdit demo --pretrained``), steps 2-4 are replaced by the AV-DiT models the package
@@ -34,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from avdit_cli.config import Config, load_preset, parse_override
+from avdit_cli.config import Config, apply_overrides, load_preset, parse_override
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
 from avdit_cli.data.frame_stats import frame_stats
@@ -45,7 +46,7 @@ from avdit_cli.fileio import plain
 from avdit_cli.metrics import av_align_score
 from avdit_cli.pipelines.evaluate import evaluate
 from avdit_cli.pipelines.finetune import finetune
-from avdit_cli.pipelines.generate import GenerateOptions, generate
+from avdit_cli.pipelines.generate import GenerateOptions, generate, open_checkpoint
 from avdit_cli.pipelines.preprocess import preprocess
 
 Log = Callable[[str], None]
@@ -80,6 +81,7 @@ class GroupScore:
     noise_frames: float = math.nan  # share of frames
     smooth_moves: float = math.nan  # share of balls with a same-coloured ball near them in the next frame
     onsets_per_clip: float = math.nan
+    median_step: float = math.nan  # frame heights a ball travels per frame (median over the smooth moves)
 
 
 @dataclass
@@ -100,6 +102,13 @@ class DemoResult:
 
 
 def demo_config(opts: DemoOptions) -> Config:
+    """The tiny preset with the demo's settings and ``opts.overrides``; with ``pretrained``, the shipped model's
+    own config instead, so that sampling settings are checked against the model that will use them (e.g.
+    video-first sampling needs the independent timesteps it was trained with)."""
+    if opts.pretrained:
+        shipped = open_checkpoint(shipped_run(opts.joint)).config
+        return apply_overrides(shipped, [f"sample.steps={opts.sample_steps}", f"sample.seed={opts.seed}",
+                                         *opts.overrides])
     base = [
         f"model.joint={'true' if opts.joint else 'false'}",
         # ALiBi's fixed time-bias slopes: the CPU's fused attention kernel runs the joint block, ~1.7x faster
@@ -140,7 +149,7 @@ def score_group(name: str, frames: list[np.ndarray], audio: list[np.ndarray], cf
     stats = frame_stats(frames)
     onsets = float(np.mean([len(audio_onsets(a, sr)) for a in audio]))
     return GroupScore(name, len(frames), f1, skipped, align.score, stats.balls_per_frame, stats.one_or_two_balls,
-                      stats.noise_frames, stats.smooth_moves, onsets)
+                      stats.noise_frames, stats.smooth_moves, onsets, stats.median_step)
 
 
 DEMO_PARTS = ("data", "cache", "runs", "samples", "demo.json")
@@ -249,13 +258,16 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     say(f"{gen_step}/{n_steps} generate {opts.generate} clips")
     # The demo's sampler settings (tiny preset + --set) apply to the shipped models too: DDIM 25 unless changed.
     # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
-    # A shipped model's own sampling order and frame-noise correlation hold unless --set names them.
+    # A shipped model's own sampling order, frame-noise correlation and cross-modal guidance hold unless --set
+    # names them.
     named = {parse_override(item)[0] for item in opts.overrides}
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
                                sampler=cfg.sample.sampler, steps=cfg.sample.steps, reference=data_dir,
                                order=cfg.sample.order if "sample.order" in named else None,
                                video_noise_correlation=cfg.sample.video_noise_correlation
-                               if "sample.video_noise_correlation" in named else None)
+                               if "sample.video_noise_correlation" in named else None,
+                               cross_modal_guidance=cfg.sample.cross_modal_guidance
+                               if "sample.cross_modal_guidance" in named else None)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")

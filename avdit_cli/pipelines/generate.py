@@ -44,7 +44,7 @@ from avdit_cli.data.media import MediaError, probe, read_audio, read_video, writ
 from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample, sample_in_stages
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
-from avdit_cli.models import AVDiT, DiT
+from avdit_cli.models import AVDiT, DiT, VideoStreamCache
 from avdit_cli.pipelines import gallery
 from avdit_cli.pipelines.distributed import dist_context, resolve_device
 from avdit_cli.pipelines.hub_run import is_hub_ref, open_hub_run
@@ -68,6 +68,7 @@ class GenerateOptions:
     eta: float | None = None
     order: SampleOrder | None = None  # None: the run's sample.order
     video_noise_correlation: float | None = None  # None: the run's sample.video_noise_correlation
+    cross_modal_guidance: float | None = None  # None: the run's sample.cross_modal_guidance
     cfg_scale: float | None = None
     class_id: int | None = None
     seed: int | None = None
@@ -151,6 +152,7 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
     overrides = []
     for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta), ("order", opts.order),
                        ("video_noise_correlation", opts.video_noise_correlation),
+                       ("cross_modal_guidance", opts.cross_modal_guidance),
                        ("cfg_scale", opts.cfg_scale), ("seed", opts.seed), ("batch_size", opts.batch_size)):
         if value is not None:
             overrides.append(f"sample.{key}={value.value if isinstance(value, Enum) else value}")
@@ -298,6 +300,11 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     given: Clip | None = None
     if given_modality is not None:
         given = load_given_clip(Path(opts.audio_from or opts.video_from), cfg.data, given_modality)
+    # Guidance towards a given track needs one: the sound stage of video-first sampling, or a given clip.
+    guided_stage = given is not None or s.order is SampleOrder.VIDEO_FIRST
+    if opts.cross_modal_guidance not in (None, 1.0) and not guided_stage:
+        raise ConfigError("--cross-modal-guidance guides a track towards a given one, and joint sampling has "
+                          "none; add --order video-first, --video-from or --audio-from")
     # Everything that can fail on the user's input fails before the output folder is touched.
     model = load_run_model(ckpt, cfg, dev, ema=opts.ema)
     if codecs is None:
@@ -319,7 +326,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
                    ) -> dict[str, torch.Tensor]:
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
         with amp:
-            out = model(x["video"], x["audio"], t["video"], t["audio"], y)
+            out = model(x["video"], x["audio"], t["video"], t["audio"], y, video_cache=video_cache)
         return {k: v.float() for k, v in out.items()}
 
     mine = plan_batches(opts.num, s.batch_size, ctx.rank, ctx.world_size)
@@ -333,6 +340,11 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     done = 0
     for batch in mine:
         b = len(batch)
+        # Frames fixed over the chain (the sound stage of video-first sampling, or given frames fed at t = 0):
+        # the video stream up to the joint block is computed once per batch, not once per step.
+        video_first = s.order is SampleOrder.VIDEO_FIRST and not known_latent
+        fixed_frames = "video" in known_latent and known_mode == "timestep"
+        video_cache = VideoStreamCache() if video_first or fixed_frames else None
         gens = [torch.Generator().manual_seed(s.seed + i) for i in batch]  # one per sample: batch-independent
         if class_conditional:
             null = cfg.model.num_classes
@@ -350,7 +362,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
 
         batch_shapes = {k: (b, *v) for k, v in shapes.items()}
         common = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens, device=dev, progress=on_step,
-                      clip_denoised=clip, noise_correlation=noise_correlation(cfg))
+                      clip_denoised=clip, noise_correlation=noise_correlation(cfg),
+                      known_guidance=s.cross_modal_guidance)
         if s.order is SampleOrder.VIDEO_FIRST and not known:  # the frames, then the sound for them
             latents = sample_in_stages(model_fn, batch_shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]],
                                        **common)
@@ -404,6 +417,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "sampler": s.sampler.value, "steps": s.steps, "eta": s.eta, "clip_denoised": s.clip_denoised,
             "order": s.order.value if given is None else None,
             "video_noise_correlation": frame_noise_rho(cfg),
+            "cross_modal_guidance": s.cross_modal_guidance if guided_stage else None,
             "cfg_scale": s.cfg_scale if opts.class_id is not None else None, "class": opts.class_id,
         }
         meta = {
