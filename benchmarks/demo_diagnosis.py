@@ -69,7 +69,7 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
         batch_shapes = {k: (len(idx), *v) for k, v in shapes.items()}
         common = dict(sampler=cfg.sample.sampler, steps=cfg.sample.steps, eta=cfg.sample.eta, generator=gens,
                       clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg),
-                      known_guidance=cfg.sample.cross_modal_guidance if cfg.diffusion.independent_timesteps else 1.0)
+                      known_guidance=cfg.sample.cross_modal_guidance)
         if cfg.sample.order is SampleOrder.VIDEO_FIRST and not kn:  # as `avdit generate` draws it
             z = sample_in_stages(fn, batch_shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]], **common)
         else:

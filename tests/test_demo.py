@@ -155,6 +155,10 @@ def test_pretrained_demo_checks_sampling_settings_against_the_shipped_model(tmp_
     assert cfg.sample.cross_modal_guidance == 2 and cfg.diffusion.independent_timesteps
     with pytest.raises(ConfigError, match="independent_timesteps"):
         demo_config(DemoOptions(out_dir=tmp_path, overrides=sets))
+    # guidance towards given frames with joint sampling is refused before any training starts
+    joint = ("diffusion.independent_timesteps=true", "sample.cross_modal_guidance=2")
+    with pytest.raises(ConfigError, match="video-first"):
+        demo_config(DemoOptions(out_dir=tmp_path, overrides=joint))
 
 
 def test_the_shipped_joint_model_hears_the_frames_and_the_ablation_does_not(short_demo: tuple[Path, object]) -> None:

@@ -547,3 +547,28 @@ def test_known_guidance_is_cfg_between_known_and_not_known(diffusion) -> None:
     with pytest.raises(ValueError, match="timestep"):
         sample(model_fn, SMALL, CD, diffusion, generator=torch.Generator(), known=known, known_mode="replace",
                known_guidance=2.0)
+
+
+@pytest.mark.parametrize("class_scale", [1.0, 4.0])
+def test_known_guidance_composes_with_class_guidance(diffusion, class_scale) -> None:
+    """Class guidance wraps the model and known guidance doubles its batch: the classes tile with the batch."""
+    from avdit_cli.diffusion import classifier_free_guidance
+
+    known = {"video": torch.randn(SMALL["video"], generator=torch.Generator().manual_seed(9))}
+    seen = []
+    toy = _toy_model()
+
+    def model_fn_y(x, t, y):
+        assert y.shape[0] == x["audio"].shape[0]
+        seen.append(y.clone())
+        out = toy(x, t)
+        out["audio"] = out["audio"] + 0.01 * y.view(-1, 1, 1, 1)  # the class matters
+        return out
+
+    y = torch.tensor([3, 5])
+    fn = classifier_free_guidance(model_fn_y, y, 10, class_scale, CD)
+    out = sample(fn, SMALL, CD, diffusion, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0),
+                 known=known, known_mode="timestep", known_guidance=2.0)
+    assert out["audio"].shape == SMALL["audio"] and torch.isfinite(out["audio"]).all()
+    want = [3, 5, 3, 5] + ([10, 10, 10, 10] if class_scale != 1.0 else [])  # known / not known, then the null class
+    assert all(s.tolist() == want for s in seen)

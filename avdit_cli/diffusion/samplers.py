@@ -364,11 +364,14 @@ def classifier_free_guidance(
     null = torch.as_tensor(null_class, dtype=y.dtype, device=y.device).expand_as(y)
 
     def guided(x: Mapping[str, Tensor], t: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        # A caller may tile the batch (sample's known_guidance doubles it): the classes tile along with it.
+        reps = next(iter(x.values())).shape[0] // y.shape[0]
+        yy, nn_ = y.repeat(reps), null.repeat(reps)
         if scale == 1.0:
-            return dict(model_fn_y(x, t, y))
+            return dict(model_fn_y(x, t, yy))
         x2 = {m: torch.cat([v, v]) for m, v in x.items()}  # (2b, ...): cond first, then uncond
         t2 = {m: torch.cat([v, v]) for m, v in t.items()}
-        out = model_fn_y(x2, t2, torch.cat([y, null]))
+        out = model_fn_y(x2, t2, torch.cat([yy, nn_]))
         return {m: _guided_eps(*o.chunk(2, dim=0), x[m].shape[channel_dims[m]], channel_dims[m], scale)
                 for m, o in out.items()}
 

@@ -35,13 +35,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from avdit_cli.config import Config, apply_overrides, load_preset, parse_override
+from avdit_cli.config import Config, SampleOrder, apply_overrides, load_preset, parse_override
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
 from avdit_cli.data.frame_stats import frame_stats
 from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score
 from avdit_cli.data.synthetic import make_dataset
-from avdit_cli.errors import DataError
+from avdit_cli.errors import ConfigError, DataError
 from avdit_cli.fileio import plain
 from avdit_cli.metrics import av_align_score
 from avdit_cli.pipelines.evaluate import evaluate
@@ -105,10 +105,19 @@ def demo_config(opts: DemoOptions) -> Config:
     """The tiny preset with the demo's settings and ``opts.overrides``; with ``pretrained``, the shipped model's
     own config instead, so that sampling settings are checked against the model that will use them (e.g.
     video-first sampling needs the independent timesteps it was trained with)."""
-    if opts.pretrained:
+    if opts.pretrained and not opts.data_only:
         shipped = open_checkpoint(shipped_run(opts.joint)).config
-        return apply_overrides(shipped, [f"sample.steps={opts.sample_steps}", f"sample.seed={opts.seed}",
-                                         *opts.overrides])
+        cfg = apply_overrides(shipped, [f"sample.steps={opts.sample_steps}", f"sample.seed={opts.seed}",
+                                        *opts.overrides])
+    else:
+        cfg = _training_demo_config(opts)
+    if cfg.sample.cross_modal_guidance != 1 and cfg.sample.order is SampleOrder.JOINT:  # before any training
+        raise ConfigError("sample.cross_modal_guidance guides the sound towards given frames, and the demo samples "
+                          "both tracks jointly; add --set sample.order=video-first")
+    return cfg
+
+
+def _training_demo_config(opts: DemoOptions) -> Config:
     base = [
         f"model.joint={'true' if opts.joint else 'false'}",
         # ALiBi's fixed time-bias slopes: the CPU's fused attention kernel runs the joint block, ~1.7x faster
@@ -256,7 +265,8 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     samples = out / "samples"
     gen_step = 3 if opts.pretrained else 5
     say(f"{gen_step}/{n_steps} generate {opts.generate} clips")
-    # The demo's sampler settings (tiny preset + --set) apply to the shipped models too: DDIM 25 unless changed.
+    # The demo's sampler settings (the tiny preset, or with --pretrained the shipped model's config, + --set):
+    # DDIM 25 unless changed.
     # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
     # A shipped model's own sampling order, frame-noise correlation and cross-modal guidance hold unless --set
     # names them.
