@@ -34,23 +34,16 @@ import torch
 from einops import rearrange
 
 from avdit_cli.codecs import Codecs, build_codecs
-from avdit_cli.config import Config, SampleOrder, apply_overrides
+from avdit_cli.config import Config, apply_overrides
 from avdit_cli.data.clips import Clip
-from avdit_cli.diffusion import Diffusion, sample, sample_in_stages
+from avdit_cli.diffusion import Diffusion, sample
 from avdit_cli.models import DiT
 from avdit_cli.pipelines.demo import GroupScore, read_clips, score_group, shipped_run
-from avdit_cli.pipelines.generate import (CHANNEL_DIMS, VOCODER_SEED, decode, load_run_model, noise_correlation,
-                                         open_checkpoint)
+from avdit_cli.pipelines.generate import VOCODER_SEED, decode, load_run_model, open_checkpoint, sample_latents
 from avdit_cli.pipelines.preprocess import encode_clips
 
-COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves", "median_step",
-           "onsets_per_clip")
-
-
-def clip_bounds(cfg: Config, codecs: Codecs) -> dict[str, tuple[float, float] | None] | bool:
-    if not cfg.sample.clip_denoised:
-        return False
-    return {"video": codecs.video.latent_range, "audio": codecs.audio.latent_range}
+COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves",
+           "median_step", "onsets_per_clip")
 
 
 @torch.no_grad()
@@ -66,15 +59,8 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
         gens = [torch.Generator().manual_seed(cfg.sample.seed + i) for i in idx]
         kn = {k: v[idx] for k, v in known.items()}
         fn = lambda x, t: model(x["video"], x["audio"], t["video"], t["audio"])  # noqa: E731
-        batch_shapes = {k: (len(idx), *v) for k, v in shapes.items()}
-        common = dict(sampler=cfg.sample.sampler, steps=cfg.sample.steps, eta=cfg.sample.eta, generator=gens,
-                      clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg),
-                      known_guidance=cfg.sample.cross_modal_guidance)
-        if cfg.sample.order is SampleOrder.VIDEO_FIRST and not kn:  # as `avdit generate` draws it
-            z = sample_in_stages(fn, batch_shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]], **common)
-        else:
-            z = sample(fn, batch_shapes, CHANNEL_DIMS, diffusion, known=kn or None,
-                       known_mode="timestep" if cfg.diffusion.independent_timesteps else "replace", **common)
+        z = sample_latents(fn, cfg, codecs, diffusion, {k: (len(idx), *v) for k, v in shapes.items()}, kn,
+                           generator=gens)
         fr, wv = decode(z, codecs, cfg.data.clip_samples)
         frames.extend(fr)
         waves.extend(wv)
@@ -180,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(diagnose_backbone(args.backbone, cfg, args.n))
     for i, run in enumerate(args.run):
         name = args.name[i] if i < len(args.name) else Path(run).name
-        rows.extend(diagnose_run(name, run, real, args.batch_size, ema=not args.no_ema, sample_sets=tuple(args.set)))
+        rows.extend(diagnose_run(name, run, real, args.batch_size, ema=not args.no_ema,
+                                 sample_sets=tuple(args.set)))
         if Path(run).is_dir() and (Path(run) / "metrics.jsonl").exists():
             losses[name] = loss_rows(Path(run))
     for name, lr in losses.items():

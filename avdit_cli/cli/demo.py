@@ -40,8 +40,9 @@ def demo(
     pretrained: bool = typer.Option(False, "--pretrained", help="No training: generate from the AV-DiT demo "
                                     "models avdit ships, and score them."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, training and sampling."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override a config value (repeatable): of the tiny preset, or with "
-                                                   "--pretrained of the shipped model (e.g. sample.steps=50)."),
+    set_: Optional[List[str]] = typer.Option(
+        None, "--set", "-s", help="Override a config value (repeatable): of the tiny preset, or with --pretrained "
+                                  "of the shipped model (e.g. sample.steps=50)."),
     seconds: float = typer.Option(DemoOptions.seconds, "--seconds", min=1.6, help="Length of each synthetic file."),
     data_only: bool = typer.Option(False, "--data-only", help="Only make the synthetic dataset (OUT/data), "
                                    "e.g. to preprocess and train on it with the other commands."),

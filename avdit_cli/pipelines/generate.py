@@ -41,7 +41,8 @@ from avdit_cli.codecs import Codecs, build_codecs
 from avdit_cli.config import Config, DataConfig, Precision, SampleOrder, Sampler, TrainMode, apply_overrides
 from avdit_cli.data.clips import Clip
 from avdit_cli.data.media import MediaError, probe, read_audio, read_video, write_mp4
-from avdit_cli.diffusion import Diffusion, classifier_free_guidance, sample, sample_in_stages
+from avdit_cli.diffusion import Diffusion, ModelFn, classifier_free_guidance, sample, sample_in_stages
+from avdit_cli.diffusion.samplers import KnownMode
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models import AVDiT, DiT, VideoStreamCache
@@ -168,6 +169,36 @@ def frame_noise_rho(cfg: Config) -> float:
     prior diffusion.video_noise_correlation."""
     rho = cfg.sample.video_noise_correlation
     return cfg.diffusion.video_noise_correlation if rho is None else rho
+
+
+def known_mode(cfg: Config) -> KnownMode:
+    """How a given track enters the model: clean at t = 0 for runs trained with independent timesteps, else
+    noised to the drawn track's t (see :mod:`avdit_cli.diffusion.samplers`)."""
+    return "timestep" if cfg.diffusion.independent_timesteps else "replace"
+
+
+def clip_bounds(cfg: Config, codecs: Codecs) -> dict[str, tuple[float, float] | None] | bool:
+    """The sampler's x_0 clamp: each codec's latent range when sample.clip_denoised, else none."""
+    if not cfg.sample.clip_denoised:
+        return False
+    return {"video": codecs.video.latent_range, "audio": codecs.audio.latent_range}
+
+
+def sample_latents(model_fn: ModelFn, cfg: Config, codecs: Codecs, diffusion: Diffusion,
+                   shapes: dict[str, tuple[int, ...]], known: dict[str, torch.Tensor], *,
+                   generator: list[torch.Generator], device: torch.device | str = "cpu",
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+    """One batch's latents as `avdit generate` draws them: ``cfg.sample``'s sampler, steps, eta, x_0 clamp,
+    frame-noise correlation and cross-modal guidance; with nothing ``known`` and ``sample.order`` video-first,
+    the frames first, then the sound for them. ``shapes``: full shapes with the batch dim."""
+    s = cfg.sample
+    common = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, generator=generator, device=device, progress=progress,
+                  clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg),
+                  known_guidance=s.cross_modal_guidance)
+    if s.order is SampleOrder.VIDEO_FIRST and not known:
+        return sample_in_stages(model_fn, shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]], **common)
+    return sample(model_fn, shapes, CHANNEL_DIMS, diffusion, known=known or None, known_mode=known_mode(cfg),
+                  **common)
 
 
 def noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
@@ -318,8 +349,11 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     if ctx.is_main:
         clear_out_dir(opts.out_dir)
     ctx.barrier()
-    known_mode = "timestep" if cfg.diffusion.independent_timesteps else "replace"
-    clip = {"video": codecs.video.latent_range, "audio": codecs.audio.latent_range} if s.clip_denoised else False
+    mode = known_mode(cfg)
+    # Frames fixed over the chain (the sound stage of video-first sampling, or given frames fed at t = 0): the
+    # video stream up to the joint block is computed once per batch, not once per step.
+    frames_fixed = ((s.order is SampleOrder.VIDEO_FIRST and not known_latent)
+                    or ("video" in known_latent and mode == "timestep"))
     use_bf16 = dev.type == "cuda" and cfg.train.precision is Precision.BF16
 
     def model_fn_y(x: dict[str, torch.Tensor], t: dict[str, torch.Tensor], y: torch.Tensor | None
@@ -340,11 +374,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     done = 0
     for batch in mine:
         b = len(batch)
-        # Frames fixed over the chain (the sound stage of video-first sampling, or given frames fed at t = 0):
-        # the video stream up to the joint block is computed once per batch, not once per step.
-        video_first = s.order is SampleOrder.VIDEO_FIRST and not known_latent
-        fixed_frames = "video" in known_latent and known_mode == "timestep"
-        video_cache = VideoStreamCache() if video_first or fixed_frames else None
+        video_cache = VideoStreamCache() if frames_fixed else None
         gens = [torch.Generator().manual_seed(s.seed + i) for i in batch]  # one per sample: batch-independent
         if class_conditional:
             null = cfg.model.num_classes
@@ -360,16 +390,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             if progress:
                 progress(done + b * i / n, total_mine, i / max(1e-9, time.perf_counter() - t0))
 
-        batch_shapes = {k: (b, *v) for k, v in shapes.items()}
-        common = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, generator=gens, device=dev, progress=on_step,
-                      clip_denoised=clip, noise_correlation=noise_correlation(cfg),
-                      known_guidance=s.cross_modal_guidance)
-        if s.order is SampleOrder.VIDEO_FIRST and not known:  # the frames, then the sound for them
-            latents = sample_in_stages(model_fn, batch_shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]],
-                                       **common)
-        else:
-            latents = sample(model_fn, batch_shapes, CHANNEL_DIMS, diffusion, known=known or None,
-                             known_mode=known_mode, **common)
+        latents = sample_latents(model_fn, cfg, codecs, diffusion, {k: (b, *v) for k, v in shapes.items()}, known,
+                                 generator=gens, device=dev, progress=on_step)
         t1 = time.perf_counter()
         frames, waves = decode(latents, codecs, cfg.data.clip_samples)
         if given is not None and given_modality == "audio":
@@ -426,7 +448,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "device": str(dev),
             "audio_from": str(opts.audio_from) if opts.audio_from else None,
             "video_from": str(opts.video_from) if opts.video_from else None,
-            "known_mode": known_mode if given is not None else None,
+            "known_mode": mode if given is not None else None,
             # `avdit eval OUT` takes it as --ref; relative, so the folders can move together
             **({"reference": os.path.relpath(opts.reference, opts.out_dir)} if opts.reference else {}),
             "timing": {"seconds": round(time.perf_counter() - started, 3),
