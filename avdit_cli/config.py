@@ -236,6 +236,13 @@ class DiffusionConfig:
     # timesteps these teach the audio branch to follow frames it can see, which is what the video-first
     # sampler (sample.order) and `generate --video-from` ask of it. 0: every clip is a joint one.
     given_video_prob: float = 0.0
+    # The share of the other training clips (those with a video loss) whose frames are staggered: frame i of f
+    # is noised to its own level, progress u_i = clamp(tau - spread i / (f - 1), 0, 1) (0: pure noise, 1:
+    # clean, given and not scored), tau ~ U[0, 1 + spread], spread ~ U[0, frame_stagger_max]. A frame then
+    # often sees a cleaner frame before it, so the temporal layers learn to carry content from frame to frame
+    # (Diffusion Forcing, Chen et al. 2024, with its pyramid pattern); sample.frame_stagger draws that way.
+    frame_stagger_prob: float = 0.0
+    frame_stagger_max: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -284,6 +291,11 @@ class SampleConfig:
     # "not known" (pure noise at T - 1) and the drawn track's eps is pushed s times away from that answer.
     # 1: none. Needs diffusion.independent_timesteps (the model must have learnt "not known").
     cross_modal_guidance: float = 1.0
+    # Staggered ("pyramid") sampling of the frames, DDIM only: frame i starts spread x i / (f - 1) of the chain
+    # after frame 0, so each frame is drawn while the frames before it are already cleaner (see
+    # diffusion.frame_stagger_prob, which a model needs for it). The chain runs steps x (1 + spread) model calls
+    # so that every frame still takes `steps` steps. 0: every frame at one t.
+    frame_stagger: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -415,6 +427,20 @@ def validate(cfg: Config) -> None:
     if df.given_video_prob > 0 and not df.independent_timesteps:
         _fail("diffusion.given_video_prob", df.given_video_prob,
               "0 unless diffusion.independent_timesteps=true (a clean video needs its own timestep)")
+    if not 0 <= df.frame_stagger_prob <= 1:
+        _fail("diffusion.frame_stagger_prob", df.frame_stagger_prob, "a number in [0, 1]")
+    if df.frame_stagger_prob > 0 and not df.independent_timesteps:
+        _fail("diffusion.frame_stagger_prob", df.frame_stagger_prob,
+              "0 unless diffusion.independent_timesteps=true (the frames need timesteps of their own)")
+    if df.frame_stagger_max <= 0:
+        _fail("diffusion.frame_stagger_max", df.frame_stagger_max, "a number > 0")
+    if s.frame_stagger < 0:
+        _fail("sample.frame_stagger", s.frame_stagger, "a number >= 0 (0: every frame at one t)")
+    if s.frame_stagger > 0 and df.frame_stagger_prob == 0:
+        _fail("sample.frame_stagger", s.frame_stagger,
+              "0 for a model trained without staggered frames (diffusion.frame_stagger_prob=0)")
+    if s.frame_stagger > 0 and s.sampler is not Sampler.DDIM:
+        _fail("sample.frame_stagger", s.frame_stagger, f"0 with sample.sampler={s.sampler.value} (DDIM only)")
     if df.min_snr_gamma < 0:
         _fail("diffusion.min_snr_gamma", df.min_snr_gamma, "a number >= 0 (0 turns the weighting off)")
     if df.video_loss_weight < 0 or df.audio_loss_weight < 0:

@@ -14,9 +14,10 @@ are not timed in this mode (they need the downloaded VAEs); a sampler adds a few
     python benchmarks/generate_bench.py --gpu [--preset aist] [--batch-size 8] [--calls 20] [--json out.json]
 
 Video-first stages (``--stages``, CPU): one denoiser call of each stage of ``--order video-first`` on the tiny
-preset (random weights, the joint block after the last block): the frames' stage (a full call); the sound
-stage without and with the video stream kept between calls (``VideoStreamCache``); and the sound stage with
-``--cross-modal-guidance`` (one doubled batch, both halves' frames fixed, so both kept).
+preset (random weights, the joint block after the last block): the frames' stage (a full call, and with one
+timestep per frame as staggered sampling calls it); the sound stage without and with the video stream kept
+between calls (``VideoStreamCache``), then kept with the sound alone computed (``audio_only``: what generate
+runs); and that with ``--cross-modal-guidance`` (one doubled batch, both halves' frames fixed, so both kept).
 
     python benchmarks/generate_bench.py --stages [--batch-size 4] [--calls 20] [--json out.json]
 
@@ -126,13 +127,19 @@ def bench_stages(batch_size: int, calls: int, warmup: int) -> dict[str, Any]:
     x = bl.av_inputs(cfg, batch_size, dev)
     zero, last = torch.zeros_like(x["t"]), torch.full_like(x["t"], cfg.diffusion.num_timesteps - 1)
     noise = torch.randn_like(x["video"])
-    cache, cache2 = VideoStreamCache(), VideoStreamCache()
+    cache = VideoStreamCache()
+    sound_cache, cache2 = VideoStreamCache(audio_only=True), VideoStreamCache(audio_only=True)
+    f = x["video"].shape[1]
+    staggered_t = torch.linspace(0, cfg.diffusion.num_timesteps - 1, f).round().long().expand(batch_size, f)
 
     def frames_stage() -> None:  # the frames at t, the sound unseen (noise at T - 1)
         model(x["video"], x["audio"], x["t"], last)
 
-    def sound_stage(keep: bool) -> Callable[[], None]:  # the finished frames clean at t = 0, the sound at t
-        return lambda: model(x["video"], x["audio"], zero, x["t"], video_cache=cache if keep else None)
+    def frames_staggered() -> None:  # one t per frame (sample.frame_stagger)
+        model(x["video"], x["audio"], staggered_t, last)
+
+    def sound_stage(keep: VideoStreamCache | None) -> Callable[[], None]:  # the frames clean at t = 0, the sound at t
+        return lambda: model(x["video"], x["audio"], zero, x["t"], video_cache=keep)
 
     def guided() -> None:  # the doubled batch: the frames given, then "not known"
         model(torch.cat([x["video"], noise]), torch.cat([x["audio"], x["audio"]]), torch.cat([zero, last]),
@@ -140,9 +147,12 @@ def bench_stages(batch_size: int, calls: int, warmup: int) -> dict[str, Any]:
 
     rows = []
     with torch.no_grad():
-        for name, fn in (("frames' stage (full call)", frames_stage), ("sound stage", sound_stage(False)),
-                         ("sound stage, video stream kept", sound_stage(True)),
-                         ("sound stage, kept, cross-modal guidance", guided)):
+        for name, fn in (("frames' stage (full call)", frames_stage),
+                         ("frames' stage, one t per frame", frames_staggered),
+                         ("sound stage", sound_stage(None)),
+                         ("sound stage, video stream kept", sound_stage(cache)),
+                         ("sound stage, kept, sound only (what generate runs)", sound_stage(sound_cache)),
+                         ("sound stage, kept, sound only, cross-modal guidance", guided)):
             s = bl.stats(bl.time_ms(fn, dev, warmup, calls))
             rows.append({"call": name, "ms_median": s["median_ms"], "ms_min": s["min_ms"]})
     for r in rows:

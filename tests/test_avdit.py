@@ -387,6 +387,37 @@ def test_video_stream_cache_is_exact(overrides: dict) -> None:
             assert cache.misses == misses, key
 
 
+@pytest.mark.parametrize("overrides", [dict(joint_after=(0,)), dict(joint_after=(-1,)), dict(joint_after=(0, 1)),
+                                       dict(joint=False)],
+                         ids=["joint-first", "joint-last", "two-joint", "no-joint"])
+def test_audio_only_calls_give_the_same_sound(overrides: dict) -> None:
+    """With given frames the sound stage skips what only the frames' output needs: the video queries of the last
+    joint block, the video blocks after it, the video final layer."""
+    model = build(**overrides).eval()
+    randomize_adapters(model)
+    x = av_inputs(b=2, f=3)
+    cache = VideoStreamCache(audio_only=True)
+    with torch.no_grad():
+        first = model(**x, video_cache=cache)  # a miss: the full call
+        assert set(first) == {"video", "audio"}
+        for seed in range(2):
+            x["audio"] = torch.randn(x["audio"].shape, generator=torch.Generator().manual_seed(seed))
+            x["t_audio"] = torch.full((2,), 300.0 * seed)
+            plain, sound = model(**x), model(**x, video_cache=cache)
+            assert set(sound) == {"audio"}
+            assert rel_err(sound["audio"], plain["audio"]) < 1e-5, seed  # float rounding of the query subset
+    assert cache.hits == 2
+
+
+def test_joint_attention_of_a_query_subset_is_those_rows() -> None:
+    block = random_backbone(tiny_cfg()).blocks[0]
+    h = torch.randn(2, 10, 32)
+    bias = torch.randn(1, 2, 10, 10)
+    full = block.attention(h, bias=bias)
+    part = block.attention(h, bias=bias, queries=slice(6, None))
+    assert part.shape == (2, 4, 32) and torch.allclose(part, full[:, 6:], atol=1e-6)
+
+
 def test_video_stream_cache_is_not_used_while_training() -> None:
     model = build().train()
     cache = VideoStreamCache()
@@ -394,3 +425,4 @@ def test_video_stream_cache_is_not_used_while_training() -> None:
     model(**x, video_cache=cache)
     model(**x, video_cache=cache)
     assert cache.hits == cache.misses == 0
+

@@ -8,6 +8,7 @@ Sizes: the tiny preset with 4-frame clips, a 2-block DiT and batch 4, so a step 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -380,6 +381,46 @@ def test_given_video_clips_go_in_clean_without_a_video_loss_and_are_counted_out(
     for step in range(3):
         _, slot, counts = next(plan)
         assert counts["video"] == sum(not ft.given_video(cfg, step, int(i)) for i in slot)
+
+
+def test_staggered_frames_are_drawn_after_everything_else(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = env.cfg("diffusion.independent_timesteps=true", "diffusion.given_video_prob=0.25")
+    stag = env.cfg("diffusion.independent_timesteps=true", "diffusion.given_video_prob=0.25",
+                   "diffusion.frame_stagger_prob=1.0")
+    for step in range(3):
+        noise0, t0, masks0 = _step_inputs(env, base, step, monkeypatch)
+        noise1, t1, masks1 = _step_inputs(env, stag, step, monkeypatch)
+        # the same noise and audio t as without staggering: its draws come last
+        assert all(torch.equal(noise0[m], noise1[m]) for m in noise0) and torch.equal(t0["audio"], t1["audio"])
+        assert t0["video"].shape == (4,) and t1["video"].shape == (4, base.data.num_frames)
+        given = masks0["video"] == 0
+        assert (t1["video"][given] == 0).all() and torch.equal(masks0["video"], masks1["video"])
+        assert all((row[1:] >= row[:-1]).all() for row in t1["video"][~given])  # later frames noisier
+
+
+def test_staggered_frames_train_end_to_end(env: Env, tmp_path: Path) -> None:
+    result = finetune(env.cfg("diffusion.independent_timesteps=true", "diffusion.frame_stagger_prob=0.5",
+                              "train.steps=3"), cache_dir=env.cache, run_dir=tmp_path / "run")
+    rows = read_metrics(result.run_dir)
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) and math.isfinite(r["video"]) for r in rows)
+
+
+def test_x0_error_benchmark_runs_on_a_run(env: Env, tmp_path: Path) -> None:
+    """benchmarks/x0_error.py (the diagnosis of what the temporal layers carry) on a tiny run, fit included."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("x0_error", Path(__file__).parents[1] / "benchmarks" / "x0_error.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    run = finetune(env.cfg("diffusion.independent_timesteps=true", "train.steps=2"), cache_dir=env.cache,
+                   run_dir=tmp_path / "run").run_dir
+    out = tmp_path / "x0.json"
+    assert bench.main([str(run), "--cache", str(env.cache), "-n", "2", "--fit-steps", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [row["t"] for row in r["rows"]] == list(bench.LEVELS) and r["data_variance"] > 0
+    values = [v for row in r["rows"] for k, v in row.items() if k != "t"]
+    values += [*r["fit"]["before"].values(), *r["fit"]["after"].values()]
+    assert all(math.isfinite(v) and v >= 0 for v in values)
 
 
 def test_given_video_runs_end_to_end_and_needs_independent_timesteps(env: Env, tmp_path: Path) -> None:

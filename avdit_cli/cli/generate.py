@@ -37,6 +37,11 @@ def generate(
         None, "--cross-modal-guidance", min=0.0, metavar="S",
         help="Guide the drawn track towards the given one (the sound stage of video-first, --video-from, "
              "--audio-from); 1 = none (default: the run's sample setting)."),
+    frame_stagger: Optional[float] = typer.Option(
+        None, "--frame-stagger", min=0.0, metavar="SPREAD",
+        help="Staggered (pyramid) DDIM over the frames: frame i starts SPREAD x i/(f-1) of the chain after the "
+             "first, so it is drawn after the frames before it (runs trained with diffusion.frame_stagger_prob; "
+             "(1 + SPREAD) x the steps; 0 = off) (default: the run's sample setting)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0.0,
                                               help="Guidance scale (class-conditional runs)."),
     class_id: Optional[int] = typer.Option(None, "--class", min=0, help="Class id (class-conditional runs)."),
@@ -53,7 +58,7 @@ def generate(
     checkpoint = run if run is None or run.startswith(HF_SCHEME) else Path(run)
     opts = GenerateOptions(out_dir=out, num=num, checkpoint=checkpoint, ema=ema, sampler=sampler, steps=steps, eta=eta,
                            order=order, video_noise_correlation=noise_correlation,
-                           cross_modal_guidance=cross_modal_guidance,
+                           cross_modal_guidance=cross_modal_guidance, frame_stagger=frame_stagger,
                            cfg_scale=cfg_scale, class_id=class_id, seed=seed, batch_size=batch_size, device=device,
                            audio_from=audio_from, video_from=video_from, overwrite=overwrite,
                            save_latents=save_latents)

@@ -67,6 +67,7 @@ def training_losses(
     loss_type: str | LossType = LossType.HYBRID,
     generator: torch.Generator | None = None,
     min_snr_gamma: float = 0.0,
+    frame_masks: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Noise every modality to its t, run the model once on all of them, and score each.
 
@@ -75,6 +76,11 @@ def training_losses(
     noise: optional fixed eps per modality (else drawn from ``generator`` in sorted modality order);
     masks: (b,) per modality, which samples count (e.g. clips whose audio is padded); weights: per modality
     (default 1).
+
+    Per-frame timesteps: a video t of shape (b, f) (for x0 (b, f, c, h, w)) noises every frame to its own t
+    (Diffusion Forcing, Chen et al. 2024, trains a video model so); each frame is scored as an image of its own
+    and a sample's term is the mean over its frames that count, ``frame_masks[m]`` (b, f) (default all; a
+    sample with none counts 0, so mask it out in ``masks`` too).
 
     min_snr_gamma: when > 0, each sample's eps MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` (Min-SNR-γ,
     Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", eq. for eps-prediction),
@@ -101,18 +107,28 @@ def training_losses(
     for m in names:
         cd = channel_dims[m]
         # Score in the latents' dtype even when the model ran under bf16 autocast.
-        model_out = out[m].to(x_t[m].dtype)
-        eps, v = split_output(model_out, x_t[m], cd, diffusion.learn_sigma)
-        mse = mean_flat((noise[m] - eps) ** 2)
-        terms[f"{m}_mse"] = mse
-        total = mse if min_snr_gamma <= 0 else mse * min_snr_weight(diffusion, t[m], min_snr_gamma).to(mse)
+        model_out, xt_m, x0_m, noise_m, t_m = out[m].to(x_t[m].dtype), x_t[m], x0[m], noise[m], t[m]
+        per_frame = t_m.ndim == 2
+        if per_frame:  # score each frame as an image: (b, f, ...) -> ((b f), ...), its own t
+            model_out, xt_m, x0_m, noise_m = (z.flatten(0, 1) for z in (model_out, xt_m, x0_m, noise_m))
+            t_m, cd = t_m.flatten(), cd - 1
+        eps, v = split_output(model_out, xt_m, cd, diffusion.learn_sigma)
+        mse = mean_flat((noise_m - eps) ** 2)
+        parts = {"mse": mse}
+        total = mse if min_snr_gamma <= 0 else mse * min_snr_weight(diffusion, t_m, min_snr_gamma).to(mse)
         if loss_type is LossType.HYBRID and v is not None:
             # The VLB trains only the variance: the mean half is detached (DiT: frozen_out).
             frozen = torch.cat([eps.detach(), v], dim=cd)
-            vb = vb_terms_bpd(diffusion, frozen, x0[m], x_t[m], t[m], cd)
-            terms[f"{m}_vb"] = vb
-            total = total + vb
-        terms[m] = total
+            parts["vb"] = vb_terms_bpd(diffusion, frozen, x0_m, xt_m, t_m, cd)
+            total = total + parts["vb"]
+        parts[""] = total
+        if per_frame:  # ((b f),) -> (b,): the mean over the frames that count
+            fm = None if frame_masks is None else frame_masks.get(m)
+            fm = (torch.ones(t[m].shape, device=mse.device) if fm is None else fm.to(mse.device)).to(mse.dtype)
+            parts = {k: (p.view(fm.shape) * fm).sum(1) / fm.sum(1).clamp(min=1.0) for k, p in parts.items()}
+        for k, p in parts.items():
+            terms[f"{m}_{k}" if k else m] = p
+        total = parts[""]
         weight = 1.0 if weights is None else float(weights.get(m, 1.0))
         loss = loss + weight * masked_mean(total, None if masks is None else masks.get(m))
     terms["loss"] = loss

@@ -32,6 +32,7 @@ from avdit_cli.config import Sampler
 from avdit_cli.diffusion.gaussian import split_output
 from avdit_cli.diffusion.respace import space_timesteps
 from avdit_cli.diffusion.schedule import Diffusion, ModelFn, x0_bounds
+from avdit_cli.diffusion.stagger import progress_to_timestep, staggered_chain
 
 KnownMode = Literal["timestep", "replace"]
 Progress = Callable[[int, int], None]
@@ -105,6 +106,7 @@ def sample(
     noise_correlation: Mapping[str, Correlation] | None = None,
     absent: Mapping[str, Tensor] | None = None,
     known_guidance: float = 1.0,
+    frame_stagger: float = 0.0,
 ) -> dict[str, Tensor]:
     """Generate every modality in ``shapes`` (full shapes with the batch dim, e.g. video (b, f, c, h, w)).
 
@@ -122,6 +124,8 @@ def sample(
     runs with every known modality replaced by seeded pure noise at T - 1 ("not known"), in one doubled batch,
     and each generated modality's eps is ``eps_u + s (eps_c - eps_u)`` (the variance half stays conditional).
     s = 1 is plain conditional sampling. The guidance noise is drawn after x_T, so s = 1 draws as before.
+    ``frame_stagger`` (DDIM only, when ``video`` (b, f, c, h, w) is generated): staggered "pyramid" sampling
+    of the frames (:mod:`avdit_cli.diffusion.stagger`), see :func:`_sample_staggered`.
     """
     sampler = Sampler(sampler)
     device = torch.device(device)
@@ -141,6 +145,13 @@ def sample(
         raise ValueError(f"all modalities need the same batch size, got {sorted(batch)}")
     b = batch.pop()
 
+    if frame_stagger > 0 and "video" in generated:
+        if sampler is not Sampler.DDIM or respacing is not None or _guided(known_guidance, known):
+            raise ValueError("frame_stagger needs the DDIM sampler with its own chain and no known_guidance")
+        return _sample_staggered(model_fn, shapes, channel_dims, diffusion, generated, known, absent, b,
+                                 steps=steps, spread=frame_stagger, eta=eta, generator=generator, device=device,
+                                 dtype=dtype, progress=progress, clip_denoised=clip_denoised,
+                                 noise_correlation=dict(noise_correlation or {}))
     spacing = respacing if respacing is not None else default_respacing(sampler, steps)
     chain = diffusion.respaced(space_timesteps(diffusion.num_timesteps, spacing))
     n = chain.num_timesteps
@@ -154,7 +165,7 @@ def sample(
     )
 
     x = {m: noise(m, shapes[m], device, dtype) for m in generated}  # x_T
-    guided = known_guidance != 1.0 and bool(known)
+    guided = _guided(known_guidance, known)
     if guided and known_mode != "timestep":
         raise ValueError("known_guidance needs known_mode='timestep' (a model trained with independent timesteps)")
     unknown = {m: noise(m, known[m].shape, device, dtype) for m in sorted(known)} if guided else {}
@@ -181,6 +192,76 @@ def sample(
             x[m] = step_fn(m, out[m].to(dtype), x[m], i)
         if progress is not None:
             progress(done, n)
+    return {**x, **{m: v.clone() for m, v in known.items()}}
+
+
+def _guided(known_guidance: float, known: Mapping[str, Tensor]) -> bool:
+    """Whether :func:`sample` guides towards its known modalities (a scale other than 1, and something known)."""
+    return known_guidance != 1.0 and bool(known)
+
+
+def _sample_staggered(
+    model_fn: ModelFn, shapes: Mapping[str, Sequence[int]], channel_dims: Mapping[str, int], diffusion: Diffusion,
+    generated: Sequence[str], known: Mapping[str, Tensor], absent: Mapping[str, Tensor], b: int, *,
+    steps: int, spread: float, eta: float, generator: Generators, device: torch.device, dtype: torch.dtype,
+    progress: Progress | None, clip_denoised: bool | Mapping[str, tuple[float, float] | None],
+    noise_correlation: Mapping[str, Correlation],
+) -> dict[str, Tensor]:
+    """DDIM over :func:`staggered_chain`: frame i of ``video`` runs ``spread i / (f - 1)`` of the chain behind
+    frame 0; the other generated modalities walk the whole chain, every frame's span at once. A frame (or
+    modality) whose timestep does not change in a row keeps its value; one that reaches ``CLEAN`` is its x_0
+    prediction and goes in as given (t = 0) from then on. Each update is IDDPM's DDIM step (see
+    :class:`_DDIM`) with the frame's own ab and ab_prev (1 when clean). Known modalities enter clean at t = 0,
+    absent ones as their fixed noise at T - 1. Draws: x_T in sorted modality order, then with ``eta`` > 0
+    every row's noise in that order."""
+    T = diffusion.num_timesteps
+    f = int(shapes["video"][1])
+    chain = staggered_chain(f, steps, spread, T)  # (n + 1, f)
+    n = chain.shape[0] - 1
+    # the other modalities: progress tau / (1 + spread), on the same grid of rows
+    whole = progress_to_timestep(torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64), T)  # (n + 1,)
+    ab_table = torch.cat([diffusion.alphas_cumprod.double(), torch.ones(1, dtype=torch.float64)])  # [-1] clean
+
+    def noise(m: str, shape: Sequence[int]) -> Tensor:
+        return _randn(shape, generator, device, dtype, noise_correlation.get(m))
+
+    def bounds(m: str) -> tuple[float, float] | None:
+        return x0_bounds(clip_denoised.get(m) if isinstance(clip_denoised, Mapping) else clip_denoised)
+
+    def levels(m: str, row: int) -> Tensor:  # (b, f) for video, (b,) otherwise; CLEAN = -1
+        t = chain[row] if m == "video" else whole[row : row + 1]
+        return t.to(device).expand(b, -1) if m == "video" else t.to(device).expand(b)
+
+    x = {m: noise(m, shapes[m]) for m in generated}  # x_T
+    zeros = torch.zeros(b, dtype=torch.long, device=device)
+    last = torch.full((b,), T - 1, dtype=torch.long, device=device)
+    for row in range(n):
+        inputs: dict[str, Tensor] = dict(x)
+        t_in = {m: levels(m, row).clamp(min=0) for m in generated}
+        for m in sorted(known):
+            inputs[m], t_in[m] = known[m], zeros
+        for m in sorted(absent):
+            inputs[m], t_in[m] = absent[m], last
+        out = model_fn(inputs, t_in)
+        for m in generated:
+            t_now, t_next = levels(m, row), levels(m, row + 1)
+            shape = (*t_now.shape, *([1] * (x[m].ndim - t_now.ndim)))  # broadcast over the frame / sample
+            eps, _ = split_output(out[m].to(dtype), x[m], channel_dims[m], diffusion.learn_sigma)
+            ab = ab_table[t_now.cpu()].to(device=device, dtype=dtype).view(shape)
+            ab_next = ab_table[t_next.cpu()].to(device=device, dtype=dtype).view(shape)
+            x0 = (x[m] - (1 - ab).sqrt() * eps) / ab.sqrt()
+            lim = bounds(m)
+            if lim is not None:
+                x0 = x0.clamp(*lim)
+                eps = (x[m] - ab.sqrt() * x0) / (1 - ab).clamp(min=1e-12).sqrt()
+            sigma = eta * ((1 - ab_next) / (1 - ab).clamp(min=1e-12) * (1 - ab / ab_next).clamp(min=0)).sqrt()
+            x_next = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp(min=0).sqrt() * eps
+            if eta > 0:
+                x_next = x_next + sigma * noise(m, x[m].shape)
+            moving = (t_now != t_next).view(shape) & (t_now >= 0).view(shape)
+            x[m] = torch.where(moving, x_next, x[m])
+        if progress is not None:
+            progress(row + 1, n)
     return {**x, **{m: v.clone() for m, v in known.items()}}
 
 

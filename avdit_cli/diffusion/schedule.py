@@ -201,9 +201,10 @@ class Diffusion:
 
     @staticmethod
     def gather(buf: Tensor, t: Tensor, x: Tensor) -> Tensor:
-        """buf[t] as (b, 1, ..., 1) in x's dtype and device, ready to broadcast against x."""
+        """buf[t] as (*t.shape, 1, ..., 1) in x's dtype and device, ready to broadcast against x: t is (b,) for
+        one timestep per sample, or (b, f) for one per frame of video (b, f, c, h, w)."""
         vals = buf[t.detach().cpu().long()].to(device=x.device, dtype=x.dtype)
-        return vals.reshape(-1, *([1] * (x.ndim - 1)))
+        return vals.reshape(*t.shape, *([1] * (x.ndim - t.ndim)))
 
     # -- q ----------------------------------------------------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:

@@ -42,8 +42,14 @@ class VideoStreamCache:
     and fixed (the sound stage of video-first sampling) every sampler step after the first reuses it and runs
     just the audio branch and the joint block. Exact: a call reuses the tokens only when its inputs are
     ``torch.equal`` to the stored ones, and never while autograd records. Use one cache per batch of samples.
+
+    ``audio_only``: a call that reuses the stream computes the sound alone and returns no ``"video"`` (the
+    frames are given, so nobody reads their denoiser output): the last joint block then runs the audio queries
+    only (all tokens stay keys), and the video blocks after it and the video final layer are skipped. The sound
+    is the same as a full call's, up to float rounding.
     """
 
+    audio_only: bool = False
     inputs: tuple[Tensor, ...] = ()  # video, t_video, y (or an empty tensor for None)
     tokens: Tensor | None = None  # (b f) n d
     hits: int = 0  # calls that reused the tokens
@@ -192,7 +198,10 @@ class AVDiT(nn.Module):
         b = video.shape[0]
         for name, v in (("audio", audio), ("t_video", t_video), ("t_audio", t_audio), ("y", y)):
             if v is not None and (v.shape[0] != b or (name != "audio" and v.ndim != 1)):
-                raise ValueError(f"{name} has shape {tuple(v.shape)}; expected a batch of {b} like the video")
+                if name == "t_video" and tuple(v.shape) == tuple(video.shape[:2]):
+                    continue  # one timestep per frame
+                raise ValueError(f"{name} has shape {tuple(v.shape)}; expected a batch of {b} like the video"
+                                 + (f" (or {tuple(video.shape[:2])}, one per frame)" if name == "t_video" else ""))
         if self.temporal_pos is not None and video.shape[1] > self.temporal_pos.shape[0]:
             raise ValueError(f"{video.shape[1]} frames given; the learned temporal position embedding has "
                              f"{self.temporal_pos.shape[0]} (model.temporal_pos=sincos or none allows any count)")
@@ -234,10 +243,10 @@ class AVDiT(nn.Module):
         return torch.cat([video, audio])
 
     def _joint_block(self, k: int, xv: Tensor, xa: Tensor, cv: Tensor, ca: Tensor, num_frames: int,
-                     times: Tensor | None) -> tuple[Tensor, Tensor]:
+                     times: Tensor | None, video_out: bool = True) -> tuple[Tensor, Tensor]:
         n = xv.shape[1]
         clip = rearrange(xv, "(b f) n d -> b (f n) d", f=num_frames)  # all tokens of one clip in one sequence
-        clip, xa = self.joint[str(k)](self.backbone.blocks[k], clip, xa, cv, ca, times)
+        clip, xa = self.joint[str(k)](self.backbone.blocks[k], clip, xa, cv, ca, times, video_out)
         return rearrange(clip, "b (f n) d -> (b f) n d", n=n), xa
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -256,8 +265,11 @@ class AVDiT(nn.Module):
         video_cache: VideoStreamCache | None = None,
     ) -> dict[str, Tensor]:
         """video (b, f, c, h, w), audio (b, c_a, T_a, M_a), timesteps (b,) -> {"video": (b, f, 2c, h, w),
-        "audio": (b, 2c_a, T_a, M_a)}. ``t_audio=None`` uses ``t_video``; ``y=None`` is the null class.
-        ``video_cache`` reuses the video stream of an earlier call with the same frames (no-grad only)."""
+        "audio": (b, 2c_a, T_a, M_a)}. ``t_video`` may also be (b, f), one timestep per frame (frames at
+        different noise levels, as staggered training and sampling use: each frame's adaLN takes its own).
+        ``t_audio=None`` uses ``t_video`` (which must then be (b,)); ``y=None`` is the null class.
+        ``video_cache`` reuses the video stream of an earlier call with the same frames (no-grad only; with
+        ``video_cache.audio_only`` such a call returns ``"audio"`` alone)."""
         self._check_inputs(video, audio, t_video, t_audio, y)
         bb = self.backbone
         b, f = video.shape[:2]
@@ -268,9 +280,16 @@ class AVDiT(nn.Module):
         xa = self.audio_embedder(audio.to(self.audio_embedder.proj.weight.dtype))  # b n_a d
         # In the weights' dtype (float32 unless the model was cast): under autocast the stream stays float32.
         xa = xa + sincos_2d(gh, gw, bb.hidden_size, xa.device).to(self.audio_embedder.proj.weight.dtype)
-        cv = self._condition(t_video, y)  # (b, d)
+        if t_video.ndim == 2:  # per frame: (b, f) -> cv (b, f, d), the joint block modulates frame by frame
+            if t_audio is None:
+                raise ValueError("per-frame t_video (b, f) needs its own t_audio (b,)")
+            y_frames = None if y is None else repeat(y, "b -> (b f)", f=f)
+            cv_frames = self._condition(rearrange(t_video, "b f -> (b f)"), y_frames)  # (b f) d
+            cv = rearrange(cv_frames, "(b f) d -> b f d", b=b)
+        else:
+            cv = self._condition(t_video, y)  # (b, d)
+            cv_frames = repeat(cv, "b d -> (b f) d", f=f)
         ca = cv if t_audio is None else self._condition(t_audio, y)
-        cv_frames = repeat(cv, "b d -> (b f) d", f=f)
         tpos = self._temporal_pos(f, xv.device)
         times = self.joint_token_times(f, gh, gw, xv.device) if len(self.joint) else None
 
@@ -279,23 +298,30 @@ class AVDiT(nn.Module):
         key = (video, t_video, y if y is not None else video.new_empty(0))
         use_cache = video_cache is not None and not torch.is_grad_enabled()
         cached = video_cache.lookup(key) if use_cache else None
+        # Sound only (a reused stream of given frames): the video tokens matter up to the last joint block.
+        audio_only = cached is not None and video_cache.audio_only
+        last_joint = max((int(k) for k in self.joint), default=-1)
         for k in range(bb.depth):
-            if cached is None or k > fixed:
+            read = not (audio_only and k > last_joint)  # the video tokens of block k are read by someone
+            if read and (cached is None or k > fixed):
                 xv = self._call(self._video_block, k, xv, cv_frames, f, tpos)
-            elif k == fixed:
+            elif read and k == fixed:
                 xv = cached
             if use_cache and cached is None and k == fixed:
                 video_cache.store(key, xv)
             xa = self._call(self._audio_block, k, xa, ca)
             if str(k) in self.joint:
-                xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f, times)
+                video_out = not (audio_only and k == last_joint)
+                xv, xa = self._call(self._joint_block, k, xv, xa, cv, ca, f, times, video_out)
 
-        video_out = bb.unpatchify(bb.final_layer(xv, cv_frames), bb.grid_size, bb.grid_size)  # (b f) 2c h w
         audio_out = rearrange(
             self.audio_final_layer(xa, ca), "b (h w) (p q c) -> b c (h p) (w q)",
             h=gh, w=gw, p=p_a, q=p_a, c=self.audio_out_channels,
         )
-        return {"video": rearrange(video_out, "(b f) c h w -> b f c h w", b=b), "audio": audio_out}
+        if audio_only:
+            return {"audio": audio_out}
+        frames_out = bb.unpatchify(bb.final_layer(xv, cv_frames), bb.grid_size, bb.grid_size)  # (b f) 2c h w
+        return {"video": rearrange(frames_out, "(b f) c h w -> b f c h w", b=b), "audio": audio_out}
 
 
 def _check_backbone(backbone: DiT, cfg: ModelConfig, channels: int, size: int) -> None:

@@ -174,12 +174,14 @@ class DiTBlock(nn.Module):
         return self.adaLN_modulation(c).chunk(6, dim=-1)
 
     def attention(self, h: Tensor, lora: Mapping[str, nn.Module] | None = None,
-                  rotary: Callable[[Tensor], Tensor] | None = None, bias: Tensor | None = None) -> Tensor:
+                  rotary: Callable[[Tensor], Tensor] | None = None, bias: Tensor | None = None,
+                  queries: slice | None = None) -> Tensor:
         """Self-attention over the tokens of (b, n, d), via SDPA. For the AV-DiT joint block: ``rotary``
         (optional) rotates the queries and keys (b, heads, n, e) before the dot products; ``bias`` (optional,
-        broadcastable to (b, heads, n, n)) is added to the attention scores."""
+        broadcastable to (b, heads, n, n)) is added to the attention scores; ``queries`` (optional) keeps only
+        those tokens' outputs, (b, n_q, d): every token is still a key, but no other row is computed."""
         qkv_delta, proj_delta = _pick(lora, "qkv"), _pick(lora, "proj")
-        if qkv_delta is None and proj_delta is None and rotary is None and bias is None:
+        if qkv_delta is None and proj_delta is None and rotary is None and bias is None and queries is None:
             return self.attn(h)
         # The same computation as timm's Attention.forward, with the LoRA deltas added to qkv and proj.
         attn = self.attn
@@ -187,6 +189,9 @@ class DiTBlock(nn.Module):
         q, k, v = rearrange(qkv, "b n (three heads e) -> three b heads n e", three=3, heads=attn.num_heads)
         if rotary is not None:
             q, k = rotary(q), rotary(k)
+        if queries is not None:
+            q = q[:, :, queries]
+            bias = None if bias is None else bias[..., queries, :]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         o = rearrange(o, "b heads n e -> b n (heads e)")
         return _lora_linear(attn.proj, o, proj_delta)

@@ -60,7 +60,7 @@ class DemoOptions:
     steps: int = 600  # adapter fine-tuning steps
     pretrain_steps: int = 0  # 0: the shipped tiny backbone; N > 0: pretrain one for N steps first
     generate: int = 8
-    sample_steps: int = 25
+    sample_steps: int | None = None  # None: the shipped model's own with --pretrained, else 25
     joint: bool = True
     seed: int = 0
     overrides: tuple[str, ...] = ()
@@ -107,8 +107,8 @@ def demo_config(opts: DemoOptions) -> Config:
     video-first sampling needs the independent timesteps it was trained with)."""
     if opts.pretrained and not opts.data_only:
         shipped = open_checkpoint(shipped_run(opts.joint)).config
-        cfg = apply_overrides(shipped, [f"sample.steps={opts.sample_steps}", f"sample.seed={opts.seed}",
-                                        *opts.overrides])
+        steps = [] if opts.sample_steps is None else [f"sample.steps={opts.sample_steps}"]
+        cfg = apply_overrides(shipped, [*steps, f"sample.seed={opts.seed}", *opts.overrides])
     else:
         cfg = _training_demo_config(opts)
     if cfg.sample.cross_modal_guidance != 1 and cfg.sample.order is SampleOrder.JOINT:  # before any training
@@ -126,7 +126,7 @@ def _training_demo_config(opts: DemoOptions) -> Config:
         f"train.steps={opts.steps}",
         f"train.seed={opts.seed}",
         f"train.checkpoint_every={max(1, opts.steps)}",
-        f"sample.steps={opts.sample_steps}",
+        f"sample.steps={25 if opts.sample_steps is None else opts.sample_steps}",
         f"sample.seed={opts.seed}",
     ]
     return load_preset("tiny", base + list(opts.overrides))
@@ -268,8 +268,8 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     # The demo's sampler settings (the tiny preset, or with --pretrained the shipped model's config, + --set):
     # DDIM 25 unless changed.
     # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
-    # A shipped model's own sampling order, frame-noise correlation and cross-modal guidance hold unless --set
-    # names them.
+    # A shipped model's own sampling order, frame-noise correlation, cross-modal guidance and frame stagger
+    # hold unless --set names them.
     named = {parse_override(item)[0] for item in opts.overrides}
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
                                sampler=cfg.sample.sampler, steps=cfg.sample.steps, reference=data_dir,
@@ -277,7 +277,8 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
                                video_noise_correlation=cfg.sample.video_noise_correlation
                                if "sample.video_noise_correlation" in named else None,
                                cross_modal_guidance=cfg.sample.cross_modal_guidance
-                               if "sample.cross_modal_guidance" in named else None)
+                               if "sample.cross_modal_guidance" in named else None,
+                               frame_stagger=cfg.sample.frame_stagger if "sample.frame_stagger" in named else None)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")

@@ -41,6 +41,7 @@ from avdit_cli.config import Config, LrSchedule, Precision, TrainMode
 from avdit_cli.data.cache import MANIFEST, LatentCache, audio_ok
 from avdit_cli.diffusion import Diffusion, training_losses
 from avdit_cli.diffusion.samplers import mixed_noise
+from avdit_cli.diffusion.stagger import draw_stagger
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
 from avdit_cli.fileio import atomic_save_tensors
 from avdit_cli.models import AVDiT, DiT
@@ -585,6 +586,9 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         drop = torch.stack([torch.rand((), generator=g) for g in gens]).to(dev) < cfg.train.class_dropout
         y = torch.where((labels < 0) | drop, torch.full_like(labels, cfg.model.num_classes), labels)
     masks = {"audio": batch["audio_ok"].to(dev).float(), "video": (~given).float()}
+    frame_masks = None
+    if cfg.diffusion.frame_stagger_prob > 0:  # drawn after everything else: runs without it draw as before
+        t_video, frame_masks = _stagger_frames(cfg, gens, t_video, given, video.shape[1])
 
     def model_fn(x: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return net(x["video"], x["audio"], t["video"], t["audio"], y)
@@ -593,8 +597,28 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         terms = training_losses(diffusion, model_fn, {"video": video, "audio": audio},
                                 {"video": t_video, "audio": t_audio}, {"video": 2, "audio": 1}, noise=noise,
                                 loss_type=cfg.diffusion.loss.value,
-                                min_snr_gamma=cfg.diffusion.min_snr_gamma)
+                                min_snr_gamma=cfg.diffusion.min_snr_gamma, frame_masks=frame_masks)
     return terms, masks
+
+
+def _stagger_frames(cfg: Config, gens: list[torch.Generator], t_video: Tensor, given: Tensor, num_frames: int
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-frame timesteps (b, f): each clip with a video loss is staggered with probability
+    diffusion.frame_stagger_prob (:func:`draw_stagger`), the others keep their one t on every frame. Returns
+    them with the video frame mask (b, f): the frames that are scored (a staggered clip's clean frames are given,
+    not scored; a clip whose frames are all given has none, and its video term is 0)."""
+    df = cfg.diffusion
+    rows, scored = [], []
+    for g, t, clean in zip(gens, t_video.tolist(), given.tolist()):
+        staggered = bool(torch.rand((), generator=g) < df.frame_stagger_prob)
+        if staggered and not clean:
+            row = draw_stagger(num_frames, df.frame_stagger_max, df.num_timesteps, g)
+        else:
+            row = torch.full((num_frames,), t, dtype=torch.long)
+        rows.append(row.clamp(min=0))
+        scored.append(row >= 0 if not clean else torch.zeros(num_frames, dtype=torch.bool))
+    dev = t_video.device
+    return torch.stack(rows).to(dev), {"video": torch.stack(scored).to(dev).float()}
 
 
 def _peak_mem_gib(dev: torch.device) -> float:

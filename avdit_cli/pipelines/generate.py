@@ -70,6 +70,7 @@ class GenerateOptions:
     order: SampleOrder | None = None  # None: the run's sample.order
     video_noise_correlation: float | None = None  # None: the run's sample.video_noise_correlation
     cross_modal_guidance: float | None = None  # None: the run's sample.cross_modal_guidance
+    frame_stagger: float | None = None  # None: the run's sample.frame_stagger
     cfg_scale: float | None = None
     class_id: int | None = None
     seed: int | None = None
@@ -153,7 +154,7 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
     overrides = []
     for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta), ("order", opts.order),
                        ("video_noise_correlation", opts.video_noise_correlation),
-                       ("cross_modal_guidance", opts.cross_modal_guidance),
+                       ("cross_modal_guidance", opts.cross_modal_guidance), ("frame_stagger", opts.frame_stagger),
                        ("cfg_scale", opts.cfg_scale), ("seed", opts.seed), ("batch_size", opts.batch_size)):
         if value is not None:
             overrides.append(f"sample.{key}={value.value if isinstance(value, Enum) else value}")
@@ -194,7 +195,7 @@ def sample_latents(model_fn: ModelFn, cfg: Config, codecs: Codecs, diffusion: Di
     s = cfg.sample
     common = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, generator=generator, device=device, progress=progress,
                   clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg),
-                  known_guidance=s.cross_modal_guidance)
+                  known_guidance=s.cross_modal_guidance, frame_stagger=s.frame_stagger)
     if s.order is SampleOrder.VIDEO_FIRST and not known:
         return sample_in_stages(model_fn, shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]], **common)
     return sample(model_fn, shapes, CHANNEL_DIMS, diffusion, known=known or None, known_mode=known_mode(cfg),
@@ -374,7 +375,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     done = 0
     for batch in mine:
         b = len(batch)
-        video_cache = VideoStreamCache() if frames_fixed else None
+        video_cache = VideoStreamCache(audio_only=True) if frames_fixed else None
         gens = [torch.Generator().manual_seed(s.seed + i) for i in batch]  # one per sample: batch-independent
         if class_conditional:
             null = cfg.model.num_classes
@@ -440,6 +441,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "order": s.order.value if given is None else None,
             "video_noise_correlation": frame_noise_rho(cfg),
             "cross_modal_guidance": s.cross_modal_guidance if guided_stage else None,
+            "frame_stagger": s.frame_stagger if given_modality != "video" else None,
             "cfg_scale": s.cfg_scale if opts.class_id is not None else None, "class": opts.class_id,
         }
         meta = {
