@@ -439,6 +439,9 @@ def validate(cfg: Config) -> None:
     if s.frame_stagger > 0 and df.frame_stagger_prob == 0:
         _fail("sample.frame_stagger", s.frame_stagger,
               "0 for a model trained without staggered frames (diffusion.frame_stagger_prob=0)")
+    if s.frame_stagger > df.frame_stagger_max and df.frame_stagger_prob > 0:
+        _fail("sample.frame_stagger", s.frame_stagger,
+              f"at most diffusion.frame_stagger_max={df.frame_stagger_max}, the widest spread the model was trained on")
     if s.frame_stagger > 0 and s.sampler is not Sampler.DDIM:
         _fail("sample.frame_stagger", s.frame_stagger, f"0 with sample.sampler={s.sampler.value} (DDIM only)")
     if df.min_snr_gamma < 0:

@@ -1,5 +1,6 @@
 """How well does a run's video branch predict the clean frames at each noise level? The x_0-space error of the
-denoiser on real clips from a latent cache, frames 8.. of each clip scored, in three settings:
+denoiser on real clips from a latent cache, the second half of each clip's frames scored (8..15 of 16), in
+three settings:
 
 - every frame at t (what plain sampling asks of it);
 - the first half of the frames given clean (t = 0), the rest at t: can the temporal layers carry what they see
@@ -10,7 +11,7 @@ denoiser on real clips from a latent cache, frames 8.. of each clip scored, in t
 The error is ``mean((x0_hat - x0)^2)`` with ``x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab)``; predicting
 the data's mean scores the data's variance (printed), the line a useful prediction has to beat. An eps loss
 weighs this error by SNR(t), nearly zero at high t: there a model can be far worse than the mean while its eps
-loss looks perfect (``diffusion.video_x0_weight_floor``).
+loss looks perfect (benchmarks/RESULTS.md, demo round 4).
 
     python benchmarks/x0_error.py RUN --cache CACHE_DIR [-n 32] [--no-ema] [--fit-steps 300] [--json out.json]
 

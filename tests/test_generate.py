@@ -482,11 +482,11 @@ def test_cross_modal_guidance_guides_the_sound_stage_and_needs_a_given_track(tmp
     assert result.exit_code == 0, result.output
 
 
-def test_staggered_frames_are_an_option_recorded_in_samples_json(tmp_path: Path) -> None:
+def test_staggered_frames_are_an_option_recorded_in_samples_json(tmp_path: Path, source_clip: Path) -> None:
     from avdit_cli.config import SampleOrder
 
     run, _ = make_run(tmp_path / "stagger", {"diffusion.independent_timesteps": True,
-                                             "diffusion.frame_stagger_prob": 0.5})
+                                             "diffusion.frame_stagger_prob": 0.5, "diffusion.frame_stagger_max": 60.0})
     plain = gen(run, tmp_path / "plain", num=2, order=SampleOrder.VIDEO_FIRST)
     staggered = gen(run, tmp_path / "staggered", num=2, order=SampleOrder.VIDEO_FIRST, frame_stagger=1.0)
     assert not torch.equal(plain.latents["video"], staggered.latents["video"])
@@ -497,6 +497,13 @@ def test_staggered_frames_are_an_option_recorded_in_samples_json(tmp_path: Path)
     result = runner.invoke(app, ["generate", "--run", str(run), "-o", str(tmp_path / "cli"), "-n", "1", "--steps", "2",
                                  "--frame-stagger", "0.5"])
     assert result.exit_code == 0, result.output
+    # a spread wider than the frames' offsets (rows in which no frame moves) samples too
+    wide = gen(run, tmp_path / "wide", num=1, order=SampleOrder.VIDEO_FIRST, frame_stagger=60.0, steps=1)
+    assert wide.latents["video"].shape[0] == 1
+    # frames drawn staggered for a given sound are not guided towards it
+    with pytest.raises(ConfigError, match="--frame-stagger"):
+        gen(run, tmp_path / "guided", num=1, frame_stagger=1.0, cross_modal_guidance=2.0, audio_from=source_clip)
+    assert not (tmp_path / "guided").exists()
     # a run trained on frames at one t is not sampled staggered
     plain_run, _ = make_run(tmp_path / "plain_run", {"diffusion.independent_timesteps": True})
     with pytest.raises(ConfigError, match="frame_stagger"):

@@ -47,6 +47,16 @@ def test_chain_staggers_frames_and_every_frame_walks_its_whole_range() -> None:
         assert 19 <= len(set(chain[:, i].tolist()) - {999, CLEAN}) <= 21
 
 
+@pytest.mark.parametrize("frames,spread", [(3, 3.0), (16, 60.0), (1, 0.5), (16, 1.0)])
+def test_chain_never_repeats_a_row(frames, spread) -> None:
+    """A spread wider than the frames' offsets leaves rows in which no frame moves: they are dropped, so the
+    sampler never makes the same model call twice (a repeated call would also hit the sound-only cache)."""
+    chain = staggered_chain(frames, 8, spread, 1000)
+    assert (chain[1:] != chain[:-1]).any(dim=1).all()
+    assert chain[0].tolist() == [999] * frames and chain[-1].tolist() == [CLEAN] * frames
+    assert ((chain[1:] <= chain[:-1]).all())
+
+
 def test_progress_maps_to_timesteps_at_both_ends() -> None:
     u = torch.tensor([0.0, 0.5, 1.0])
     assert progress_to_timestep(u, 1000).tolist() == [999, 499, CLEAN]
@@ -59,8 +69,11 @@ def test_training_draws_are_seeded_ordered_and_in_range() -> None:
     stacked = torch.stack(rows)
     assert stacked.min() >= CLEAN and stacked.max() <= 999
     assert (stacked[:, 1:] >= stacked[:, :-1]).all()
-    # both ends and a spread of levels in between occur
+    # both ends and a spread of levels in between occur, and every clip keeps a frame to score
     assert (stacked == CLEAN).any() and (stacked == 999).any() and stacked[:, 8].float().std() > 200
+    assert (stacked[:, -1] >= 0).all()
+    wide = torch.stack([draw_stagger(4, 0.01, 1000, torch.Generator().manual_seed(s)) for s in range(3000)])
+    assert (wide[:, -1] >= 0).all()  # even when tau lands at the very end
 
 
 # -- schedule, model and loss ---------------------------------------------------------------------------------
@@ -178,6 +191,9 @@ def test_config_refuses_staggering_it_cannot_do() -> None:
         apply_overrides(tiny, ["diffusion.frame_stagger_prob=0.5"])  # needs independent timesteps
     with pytest.raises(ConfigError, match="sample.frame_stagger"):
         apply_overrides(tiny, ["diffusion.independent_timesteps=true", "sample.frame_stagger=1"])
+    with pytest.raises(ConfigError, match="frame_stagger_max"):
+        apply_overrides(tiny, ["diffusion.independent_timesteps=true", "diffusion.frame_stagger_prob=0.5",
+                               "diffusion.frame_stagger_max=1.0", "sample.frame_stagger=2"])
     with pytest.raises(ConfigError, match="DDIM only"):
         apply_overrides(tiny, ["diffusion.independent_timesteps=true", "diffusion.frame_stagger_prob=0.5",
                                "sample.sampler=ddpm", "sample.frame_stagger=1"])

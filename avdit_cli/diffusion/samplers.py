@@ -148,6 +148,8 @@ def sample(
     if frame_stagger > 0 and "video" in generated:
         if sampler is not Sampler.DDIM or respacing is not None or _guided(known_guidance, known):
             raise ValueError("frame_stagger needs the DDIM sampler with its own chain and no known_guidance")
+        if known and known_mode != "timestep":
+            raise ValueError("frame_stagger feeds known modalities clean at t = 0: known_mode must be 'timestep'")
         return _sample_staggered(model_fn, shapes, channel_dims, diffusion, generated, known, absent, b,
                                  steps=steps, spread=frame_stagger, eta=eta, generator=generator, device=device,
                                  dtype=dtype, progress=progress, clip_denoised=clip_denoised,

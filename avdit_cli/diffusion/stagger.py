@@ -33,18 +33,23 @@ def progress_to_timestep(u: Tensor, num_timesteps: int) -> Tensor:
 
 def staggered_chain(num_frames: int, steps: int, spread: float, num_timesteps: int) -> Tensor:
     """(n + 1, f) long timesteps of a staggered sampling chain, from all frames at T - 1 (row 0) to all clean
-    (row n), n = round(steps x (1 + spread)): the clock tau moves (1 + spread) / n per row, so each frame
-    passes through about ``steps`` distinct timesteps, as an unstaggered chain of ``steps`` does."""
+    (row n): the clock tau moves (1 + spread) / round(steps x (1 + spread)) per row, so each frame passes
+    through about ``steps`` distinct timesteps, as an unstaggered chain of ``steps`` does. A row that moves no
+    frame (a spread wider than the frames' offsets leaves gaps in which every frame is done or not started) is
+    dropped: consecutive rows always differ, so no model call is repeated."""
     if steps < 1 or spread < 0:
         raise ValueError(f"need steps >= 1 and spread >= 0, got steps={steps}, spread={spread}")
     n = max(1, round(steps * (1 + spread)))
     tau = torch.linspace(0.0, 1.0 + spread, n + 1, dtype=torch.float64)
-    return progress_to_timestep(stagger_progress(tau, num_frames, spread), num_timesteps)
+    chain = progress_to_timestep(stagger_progress(tau, num_frames, spread), num_timesteps)
+    moves = torch.cat([torch.ones(1, dtype=torch.bool), (chain[1:] != chain[:-1]).any(dim=1)])
+    return chain[moves]
 
 
 def draw_stagger(num_frames: int, max_spread: float, num_timesteps: int, generator: torch.Generator) -> Tensor:
-    """(f,) long timesteps of one training clip: spread ~ U[0, max_spread], tau ~ U[0, 1 + spread]; frames at
-    ``CLEAN`` (-1) are given clean."""
+    """(f,) long timesteps of one training clip: spread ~ U[0, max_spread], tau ~ U[0, 1 + spread - 1/T), so
+    the last frame is never clean and every staggered clip has a frame to score; frames at ``CLEAN`` (-1) are
+    given clean."""
     spread = float(torch.rand((), generator=generator, dtype=torch.float64)) * max_spread
-    tau = torch.rand((), generator=generator, dtype=torch.float64) * (1.0 + spread)
+    tau = torch.rand((), generator=generator, dtype=torch.float64) * (1.0 + spread - 1.0 / num_timesteps)
     return progress_to_timestep(stagger_progress(tau, num_frames, spread), num_timesteps)

@@ -337,6 +337,9 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     if opts.cross_modal_guidance not in (None, 1.0) and not guided_stage:
         raise ConfigError("--cross-modal-guidance guides a track towards a given one, and joint sampling has "
                           "none; add --order video-first, --video-from or --audio-from")
+    if s.frame_stagger > 0 and given_modality == "audio" and s.cross_modal_guidance != 1:
+        raise ConfigError("--frame-stagger draws the frames without guidance towards the given sound; drop "
+                          "--cross-modal-guidance or --frame-stagger")
     # Everything that can fail on the user's input fails before the output folder is touched.
     model = load_run_model(ckpt, cfg, dev, ema=opts.ema)
     if codecs is None:
