@@ -238,9 +238,10 @@ class DiffusionConfig:
     given_video_prob: float = 0.0
     # The share of the other training clips (those with a video loss) whose frames are staggered: frame i of f
     # is noised to its own level, progress u_i = clamp(tau - spread i / (f - 1), 0, 1) (0: pure noise, 1:
-    # clean, given and not scored), tau ~ U[0, 1 + spread], spread ~ U[0, frame_stagger_max]. A frame then
-    # often sees a cleaner frame before it, so the temporal layers learn to carry content from frame to frame
-    # (Diffusion Forcing, Chen et al. 2024, with its pyramid pattern); sample.frame_stagger draws that way.
+    # clean, given and not scored), tau ~ U[0, 1 + spread), spread ~ U[0, frame_stagger_max]. A frame then
+    # often sees a cleaner frame before it, which is meant to teach the temporal layers to carry content from
+    # frame to frame (Diffusion Forcing, Chen et al. 2024, with its pyramid pattern); sample.frame_stagger draws
+    # that way. On the tiny demo it did not make motion smoother (benchmarks/RESULTS.md, demo round 4).
     frame_stagger_prob: float = 0.0
     frame_stagger_max: float = 1.0
 

@@ -606,7 +606,7 @@ def _stagger_frames(cfg: Config, gens: list[torch.Generator], t_video: Tensor, g
     """Per-frame timesteps (b, f): each clip with a video loss is staggered with probability
     diffusion.frame_stagger_prob (:func:`draw_stagger`), the others keep their one t on every frame. Returns
     them with the video frame mask (b, f): the frames that are scored (a staggered clip's clean frames are given,
-    not scored; a clip whose frames are all given has none, and its video term is 0)."""
+    not scored, and it always keeps one to score; a clip given whole has none and is masked out already)."""
     df = cfg.diffusion
     rows, scored = [], []
     for g, t, clean in zip(gens, t_video.tolist(), given.tolist()):
