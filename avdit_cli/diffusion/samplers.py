@@ -213,8 +213,9 @@ def _sample_staggered(
     frame 0; the other generated modalities walk the whole chain, every frame's span at once. A frame (or
     modality) whose timestep does not change in a row keeps its value; one that reaches ``CLEAN`` is its x_0
     prediction and goes in as given (t = 0) from then on. Each update is IDDPM's DDIM step (see
-    :class:`_DDIM`) with the frame's own ab and ab_prev (1 when clean). Known modalities enter clean at t = 0,
-    absent ones as their fixed noise at T - 1. Draws: x_T in sorted modality order, then with ``eta`` > 0
+    :class:`_DDIM`) with the frame's own ab and ab_prev (1 when clean), x_0 and eps from
+    :meth:`_Step.x0_and_eps` on the original chain (its ``gather`` takes one t per frame). Known modalities
+    enter clean at t = 0, absent ones as their fixed noise at T - 1. Draws: x_T in sorted modality order, then with ``eta`` > 0
     every row's noise in that order."""
     T = diffusion.num_timesteps
     f = int(shapes["video"][1])
@@ -224,11 +225,10 @@ def _sample_staggered(
     whole = progress_to_timestep(torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64), T)  # (n + 1,)
     ab_table = torch.cat([diffusion.alphas_cumprod.double(), torch.ones(1, dtype=torch.float64)])  # [-1] clean
 
-    def noise(m: str, shape: Sequence[int]) -> Tensor:
-        return _randn(shape, generator, device, dtype, noise_correlation.get(m))
+    def noise(m: str, shape: Sequence[int], dev: torch.device = device, dt: torch.dtype = dtype) -> Tensor:
+        return _randn(shape, generator, dev, dt, noise_correlation.get(m))
 
-    def bounds(m: str) -> tuple[float, float] | None:
-        return x0_bounds(clip_denoised.get(m) if isinstance(clip_denoised, Mapping) else clip_denoised)
+    step = _Step(diffusion, channel_dims, noise, clip_denoised, eta)
 
     def levels(m: str, row: int) -> Tensor:  # (b, f) for video, (b,) otherwise; CLEAN = -1
         t = chain[row] if m == "video" else whole[row : row + 1]
@@ -248,14 +248,9 @@ def _sample_staggered(
         for m in generated:
             t_now, t_next = levels(m, row), levels(m, row + 1)
             shape = (*t_now.shape, *([1] * (x[m].ndim - t_now.ndim)))  # broadcast over the frame / sample
-            eps, _ = split_output(out[m].to(dtype), x[m], channel_dims[m], diffusion.learn_sigma)
+            x0, eps = step.x0_and_eps(m, out[m].to(dtype), x[m], t_now.clamp(min=0))  # clean ones are not moved
             ab = ab_table[t_now.cpu()].to(device=device, dtype=dtype).view(shape)
             ab_next = ab_table[t_next.cpu()].to(device=device, dtype=dtype).view(shape)
-            x0 = (x[m] - (1 - ab).sqrt() * eps) / ab.sqrt()
-            lim = bounds(m)
-            if lim is not None:
-                x0 = x0.clamp(*lim)
-                eps = (x[m] - ab.sqrt() * x0) / (1 - ab).clamp(min=1e-12).sqrt()
             sigma = eta * ((1 - ab_next) / (1 - ab).clamp(min=1e-12) * (1 - ab / ab_next).clamp(min=0)).sqrt()
             x_next = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp(min=0).sqrt() * eps
             if eta > 0:

@@ -19,7 +19,7 @@ from einops import rearrange
 from timm.layers import Attention
 from torch import Tensor, nn
 
-from avdit_cli.models.dit import DiTBlock
+from avdit_cli.models.dit import DiTBlock, modulate
 
 class LoRA(nn.Module):
     """``x -> up(down(x)) * alpha / rank``: the delta of a frozen ``nn.Linear``. ``up`` starts at zero."""
@@ -186,8 +186,8 @@ class JointBlockAdapter(nn.Module):
         sv = _per_token(block.modulation(cv), xv.shape[1])  # shift/scale/gate msa, then mlp: six (b, 1 or n, d)
         sa = _per_token(block.modulation(ca), xa.shape[1])
         lora = self.lora if len(self.lora) else None
-        hv = _modulate(block.norm1(xv), sv[0], sv[1]) + self.modality_embed[0].to(xv.dtype)
-        ha = _modulate(block.norm1(xa), sa[0], sa[1]) + self.modality_embed[1].to(xa.dtype)
+        hv = modulate(block.norm1(xv), sv[0], sv[1]) + self.modality_embed[0].to(xv.dtype)
+        ha = modulate(block.norm1(xa), sa[0], sa[1]) + self.modality_embed[1].to(xa.dtype)
         rotary = bias = None
         if times is not None and self.time_rope:
             rotary = TimeRotary(times, xv.shape[-1] // self.num_heads)
@@ -199,14 +199,14 @@ class JointBlockAdapter(nn.Module):
         if not video_out:  # the audio queries alone: n_a rows of scores instead of f*n_v + n_a
             oa = block.attention(torch.cat([hv, ha], dim=1), lora, rotary, bias, queries=slice(xv.shape[1], None))
             xa = xa + self.attn_gate[1] * (sa[2] * oa)
-            oa = block.feed_forward(_modulate(block.norm2(xa), sa[3], sa[4]), lora)
+            oa = block.feed_forward(modulate(block.norm2(xa), sa[3], sa[4]), lora)
             return xv, xa + self.mlp_gate[1] * (sa[5] * oa)
         o = block.attention(torch.cat([hv, ha], dim=1), lora, rotary, bias)  # (b, f*n_v + n_a, d)
         ov, oa = o.split([xv.shape[1], xa.shape[1]], dim=1)
         xv = xv + self.attn_gate[0] * (sv[2] * ov)
         xa = xa + self.attn_gate[1] * (sa[2] * oa)
-        ov = block.feed_forward(_modulate(block.norm2(xv), sv[3], sv[4]), lora)
-        oa = block.feed_forward(_modulate(block.norm2(xa), sa[3], sa[4]), lora)
+        ov = block.feed_forward(modulate(block.norm2(xv), sv[3], sv[4]), lora)
+        oa = block.feed_forward(modulate(block.norm2(xa), sa[3], sa[4]), lora)
         xv = xv + self.mlp_gate[0] * (sv[5] * ov)
         xa = xa + self.mlp_gate[1] * (sa[5] * oa)
         return xv, xa
@@ -220,7 +220,3 @@ def _per_token(modulation: tuple[Tensor, ...], n: int) -> tuple[Tensor, ...]:
     f = modulation[0].shape[1]
     return tuple(m.repeat_interleave(n // f, dim=1) for m in modulation)
 
-
-def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN with modulation already shaped to broadcast against x (b, n, d)."""
-    return x * (1 + scale) + shift

@@ -62,8 +62,11 @@ DIT_SIZES: dict[str, DiTSize] = {
 # Small pieces shared with the adapters
 # ----------------------------------------------------------------------------------------------------------
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN: ``x * (1 + scale) + shift`` with (b, d) modulation broadcast over the tokens of (b, n, d)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: ``x * (1 + scale) + shift`` for x (b, n, d), with (b, d) modulation broadcast over the tokens, or
+    modulation already shaped per token, (b, 1 or n, d) (the joint block's per-frame modulation)."""
+    if shift.ndim == 2:
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    return x * (1 + scale) + shift
 
 
 def timestep_embedding(t: Tensor, dim: int = FREQUENCY_EMBEDDING_SIZE, max_period: float = 10000.0) -> Tensor:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from avdit_cli.config import Config, SampleOrder, apply_overrides, load_preset, parse_override
+from avdit_cli.config import Config, SampleOrder, apply_overrides, load_preset
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
 from avdit_cli.data.frame_stats import frame_stats
@@ -268,17 +268,13 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     # The demo's sampler settings (the tiny preset, or with --pretrained the shipped model's config, + --set):
     # DDIM 25 unless changed.
     # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
-    # A shipped model's own sampling order, frame-noise correlation, cross-modal guidance and frame stagger
-    # hold unless --set names them.
-    named = {parse_override(item)[0] for item in opts.overrides}
+    # `cfg` is the model's own config with --set applied (demo_config), so its sampling settings are the ones to
+    # pass: a shipped model's order, frame-noise correlation, guidance and stagger hold unless --set changed them.
+    s = cfg.sample
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
-                               sampler=cfg.sample.sampler, steps=cfg.sample.steps, reference=data_dir,
-                               order=cfg.sample.order if "sample.order" in named else None,
-                               video_noise_correlation=cfg.sample.video_noise_correlation
-                               if "sample.video_noise_correlation" in named else None,
-                               cross_modal_guidance=cfg.sample.cross_modal_guidance
-                               if "sample.cross_modal_guidance" in named else None,
-                               frame_stagger=cfg.sample.frame_stagger if "sample.frame_stagger" in named else None)
+                               sampler=s.sampler, steps=s.steps, reference=data_dir, order=s.order,
+                               video_noise_correlation=s.video_noise_correlation,
+                               cross_modal_guidance=s.cross_modal_guidance, frame_stagger=s.frame_stagger)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")
