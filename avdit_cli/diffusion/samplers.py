@@ -215,8 +215,8 @@ def _sample_staggered(
     prediction and goes in as given (t = 0) from then on. Each update is IDDPM's DDIM step (see
     :class:`_DDIM`) with the frame's own ab and ab_prev (1 when clean), x_0 and eps from
     :meth:`_Step.x0_and_eps` on the original chain (its ``gather`` takes one t per frame). Known modalities
-    enter clean at t = 0, absent ones as their fixed noise at T - 1. Draws: x_T in sorted modality order, then with ``eta`` > 0
-    every row's noise in that order."""
+    enter clean at t = 0, absent ones as their fixed noise at T - 1. Draws: x_T in sorted modality order, then
+    with ``eta`` > 0 every row's noise in that order."""
     T = diffusion.num_timesteps
     f = int(shapes["video"][1])
     chain = staggered_chain(f, steps, spread, T)  # (n + 1, f)
