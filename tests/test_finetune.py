@@ -423,6 +423,26 @@ def test_x0_error_benchmark_runs_on_a_run(env: Env, tmp_path: Path) -> None:
     assert all(math.isfinite(v) and v >= 0 for v in values)
 
 
+def test_backbone_fidelity_reads_a_pretrain_checkpoint_as_its_ema_backbone(env: Env, tmp_path: Path) -> None:
+    """benchmarks/backbone_fidelity.py follows a pretraining: a pretrain run's checkpoint loads as the DiT its
+    EMA weights make (decay 0 here: the exported backbone itself); an adapter run's checkpoint is refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "backbone_fidelity", Path(__file__).parents[1] / "benchmarks" / "backbone_fidelity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    ckpt = env.pretrain.run_dir / "checkpoints" / (env.pretrain.run_dir / "latest").read_text().strip()
+    got, want = bench.load_dit(ckpt).state_dict(), DiT.from_pretrained(env.backbone).state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    run = finetune(env.cfg("train.steps=1"), cache_dir=env.cache, run_dir=tmp_path / "run").run_dir
+    adapters = run / "checkpoints" / (run / "latest").read_text().strip()
+    with pytest.raises(ConfigError, match="pretrain run's checkpoint"):
+        bench.load_dit(adapters)
+
+
 def test_given_video_runs_end_to_end_and_needs_independent_timesteps(env: Env, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="independent_timesteps"):
         env.cfg("diffusion.given_video_prob=0.3")

@@ -3,6 +3,8 @@ and balls that jump about read as such."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,27 @@ def test_balls_redrawn_at_random_each_frame_are_not_smooth(real_clips: list[np.n
 def test_frame_stats_needs_a_clip() -> None:
     with pytest.raises(ValueError):
         frame_stats([])
+
+
+def test_backbone_fidelity_benchmark_runs_on_the_shipped_backbone(real_clips: list[np.ndarray],
+                                                                  tmp_path: Path) -> None:
+    """benchmarks/backbone_fidelity.py on the shipped tiny backbone: frames noised only a little come back with
+    their balls; 'kept' finds a ball only where one of its colour is."""
+    import importlib.util
+    import json
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("backbone_fidelity", root / "benchmarks" / "backbone_fidelity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    clip = list(real_clips[0])
+    assert bench.kept_balls(clip, clip) == 1.0
+    blank = [np.broadcast_to(np.asarray(synthetic.BACKGROUND, np.uint8), f.shape) for f in clip]
+    assert bench.kept_balls(clip, blank) == 0.0
+    synthetic.make_dataset(tmp_path / "real", 1, seconds=1.6, seed=11)
+    out = tmp_path / "fid.json"
+    assert bench.main([str(root / "avdit_cli" / "assets" / "tiny-dit"), "--real", str(tmp_path / "real"),
+                       "-n", "1", "--t0", "5", "999", "--steps", "3", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["t0"] for r in rows] == [5, 999]
+    assert rows[0]["kept"] > 0.9 and rows[0]["x0_mse"] < rows[1]["x0_mse"]  # nearly clean in, the same out

@@ -1,0 +1,168 @@
+"""How much of what a noisy frame shows does an image backbone keep? The demo's frames-per-frame ceiling.
+
+Real frames (a folder of synthetic bouncing-ball clips, `avdit demo --data-only`) are encoded with the tiny
+preset's codec, noised to t0 (one seeded draw per frame), then brought back with DDIM (``--steps`` steps evenly
+over [t0, 0], the x_0 prediction clamped to the codec's range as the demo samples) by the image backbone alone,
+each frame on its own. Per t0 and backbone:
+
+- **kept**: the share of the real frames' balls (:func:`avdit_cli.data.frame_stats.frame_balls`) for which the
+  denoised frame holds a ball of the same palette colour within ``KEEP_RADIUS`` frame heights. A frame model
+  that keeps 56 % of the balls at t0 = 300 cannot give a video model whose temporal layers only ever see its
+  per-frame layout more than that much carried from a noisy frame, at that level, without help;
+- **1-2 balls** and **noise frames** of the denoised frames;
+- **x0 MSE**: the mean squared error, in latent units, of the backbone's first x_0 prediction (at t0).
+
+    python benchmarks/backbone_fidelity.py --real DATA_DIR BACKBONE_DIR [BACKBONE_DIR ...] [-n 24]
+        [--t0 100 200 300 400 500] [--json out.json]
+
+BACKBONE_DIR: a DiT in the diffusers layout (`avdit_cli/assets/tiny-dit`, or a pretrain run's `backbone/`), or a
+checkpoint of a pretrain run (`runs/NAME/checkpoints/step_...`, its EMA weights), to follow a pretraining as it
+goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from avdit_cli.codecs import Codecs, build_codecs
+from avdit_cli.config import Config, load_preset
+from avdit_cli.data.frame_stats import frame_balls
+from avdit_cli.diffusion import Diffusion
+from avdit_cli.models import DiT
+from avdit_cli.errors import ConfigError
+from avdit_cli.pipelines.demo import read_clips
+from avdit_cli.pipelines.runs import load_checkpoint
+from avdit_cli.pipelines.preprocess import encode_clips
+
+KEEP_RADIUS = 0.1  # frame heights: about one ball diameter of the data's largest balls
+LEVELS = (100, 200, 300, 400, 500)
+
+
+def kept_balls(real: list[np.ndarray], frames: list[np.ndarray]) -> float:
+    """Share of the balls of the real frames found again in ``frames`` (same palette colour within
+    ``KEEP_RADIUS`` frame heights); NaN when the real frames hold no ball. Both: uint8 frames (h, w, 3), paired."""
+    found = total = 0
+    for a, b in zip(real, frames, strict=True):
+        others = frame_balls(b)[0]
+        for p in frame_balls(a)[0]:
+            total += 1
+            found += any(q.colour == p.colour and math.hypot(q.y - p.y, q.x - p.x) <= KEEP_RADIUS for q in others)
+    return found / total if total else math.nan
+
+
+def load_dit(path: Path) -> DiT:
+    """A DiT folder in the diffusers layout, or the EMA weights of a pretrain run's checkpoint."""
+    if (path / "config.json").exists() or not (path / "state.json").exists():
+        return DiT.from_pretrained(path)
+    ckpt = load_checkpoint(path)
+    if ckpt.state.get("mode") != "pretrain":
+        raise ConfigError(f"{path} is a {ckpt.state.get('mode')} checkpoint; give a pretrain run's checkpoint or a "
+                          "DiT folder (diffusers layout)")
+    cfg = ckpt.config
+    _, c, h, _ = cfg.data.video_latent_shape
+    dit = DiT.from_config(cfg.model, input_size=h, in_channels=c)
+    dit.load_state_dict(ckpt.ema)
+    return dit
+
+
+@torch.no_grad()
+def round_trip(dit: DiT, x0: torch.Tensor, t0: int, diffusion: Diffusion, bounds: tuple[float, float] | None,
+               steps: int, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """x0 (n, c, h, w) latents noised to t0, then DDIM back to t = 0 by ``dit`` alone: (the result (n, c, h, w),
+    the MSE of the first x_0 prediction)."""
+    ab = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    x = math.sqrt(ab[t0]) * x0 + math.sqrt(1 - ab[t0]) * torch.randn(x0.shape, generator=g)
+    ts = np.linspace(t0, 0, steps).round().astype(int)
+    c = x0.shape[1]
+    first_mse = math.nan
+    for i, t in enumerate(ts):
+        eps = dit(x, torch.full((x.shape[0],), int(t)), None)[:, :c]  # the learnt variance half is not needed
+        a, a_prev = ab[t].item(), (ab[ts[i + 1]].item() if i + 1 < len(ts) else 1.0)
+        pred = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        if bounds is not None:
+            pred = pred.clamp(*bounds)
+        if i == 0:
+            first_mse = float(((pred - x0) ** 2).mean())
+        eps = (x - math.sqrt(a) * pred) / math.sqrt(1 - a)
+        x = math.sqrt(a_prev) * pred + math.sqrt(1 - a_prev) * eps
+    return x, first_mse
+
+
+def to_frames(z: torch.Tensor, codecs: Codecs) -> list[np.ndarray]:
+    """Latents (n, c, h, w) -> uint8 frames (h, w, 3)."""
+    px = codecs.video.decode(z)
+    return list(rearrange(((px.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), "n c h w -> n h w c").numpy())
+
+
+def fidelity(path: Path, real_frames: list[np.ndarray], latents: torch.Tensor, cfg: Config, codecs: Codecs,
+             levels: tuple[int, ...], steps: int, batch: int = 64) -> list[dict[str, Any]]:
+    """One row per t0 for the backbone at ``path``; latents (n, c, h, w) are the codec's of ``real_frames``."""
+    dit = load_dit(path)
+    dit.eval()
+    diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
+    bounds = codecs.video.latent_range if cfg.sample.clip_denoised else None
+    rows = []
+    for t0 in levels:
+        start = time.perf_counter()
+        parts = [round_trip(dit, latents[i:i + batch], t0, diffusion, bounds, steps, seed=i)
+                 for i in range(0, len(latents), batch)]
+        frames = to_frames(torch.cat([p[0] for p in parts]), codecs)
+        found = [frame_balls(f) for f in frames]
+        rows.append({
+            "backbone": str(path), "t0": t0, "kept": kept_balls(real_frames, frames),
+            "one_or_two_balls": float(np.mean([1 <= len(b) <= 2 for b, _ in found])),
+            "noise_frames": float(np.mean([noise for _, noise in found])),
+            "x0_mse": float(np.average([p[1] for p in parts], weights=[len(p[0]) for p in parts])),
+            "seconds": round(time.perf_counter() - start, 1),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("backbones", type=Path, nargs="+", help="DiT folders in the diffusers layout")
+    ap.add_argument("--real", type=Path, required=True, help="a folder of synthetic clips (avdit demo --data-only)")
+    ap.add_argument("-n", type=int, default=24, help="real clips (each gives 16 frames)")
+    ap.add_argument("--t0", type=int, nargs="+", default=list(LEVELS), help="noise levels to start from")
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps over [t0, 0]")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = load_preset("tiny")
+    if any(not 0 < t < cfg.diffusion.num_timesteps for t in args.t0):
+        ap.error(f"--t0 values must lie in 1..{cfg.diffusion.num_timesteps - 1}")
+    files = sorted(args.real.glob("*.mp4"))[: args.n]
+    if not files:
+        ap.error(f"no .mp4 in {args.real}; make some with `avdit demo --data-only -o DIR`")
+    clips = read_clips(files, cfg)
+    codecs = build_codecs(cfg, "cpu")
+    video_z, _ = encode_clips(clips, codecs, batch_size=16)
+    latents = rearrange(video_z, "b f c h w -> (b f) c h w")
+    real_frames = [f for c in clips for f in c.frames]
+    print("| backbone | t0 | kept | 1-2 balls | noise frames | x0 MSE at t0 |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for path in args.backbones:
+        for r in fidelity(path, real_frames, latents, cfg, codecs, tuple(args.t0), args.steps):
+            rows.append(r)
+            print(f"| {path} | {r['t0']} | {100 * r['kept']:.0f} % | {100 * r['one_or_two_balls']:.0f} % | "
+                  f"{100 * r['noise_frames']:.0f} % | {r['x0_mse']:.4f} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "clips": len(files), "steps": args.steps,
+                                         "torch": torch.__version__}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
