@@ -103,3 +103,15 @@ def test_backbone_fidelity_benchmark_runs_on_the_shipped_backbone(real_clips: li
     rows = json.loads(out.read_text())["rows"]
     assert [r["t0"] for r in rows] == [5, 999]
     assert rows[0]["kept"] > 0.9 and rows[0]["x0_mse"] < rows[1]["x0_mse"]  # nearly clean in, the same out
+
+
+def test_near_moves_count_balls_in_reach_whatever_their_colour(real_clips: list[np.ndarray]) -> None:
+    """Swapping red and green on every other frame keeps each ball where it is but changes the colour of most:
+    smooth moves fall, near moves (any colour) stay those of the data."""
+    real = frame_stats(real_clips)
+    assert real.near_moves >= real.smooth_moves >= 0.9
+    swapped = [clip.copy() for clip in real_clips]
+    for clip in swapped:
+        clip[1::2] = clip[1::2][..., [1, 0, 2]]
+    stats = frame_stats(swapped)
+    assert stats.near_moves >= 0.9 and stats.smooth_moves < 0.6

@@ -14,6 +14,8 @@ knows nothing of the model, so that it can judge generated clips the way a perso
   ``MAX_STEP`` frame heights. The data's fastest ball moves 0.30 frame heights between frames at 10 fps (the
   vertical speed at impact, ``GRAVITY x longest period / 2``, over one frame), so a real clip scores about 1;
   a ball drawn anew at random each frame scores about 0.1 (same colour: 1 in 6, and near: ~0.4);
+- **near moves**: the same without the colour: a ball of frame k with *any* ball of frame k+1 within
+  ``MAX_STEP``. The gap between near and smooth moves is the balls that stay in reach but change colour;
 - **median step**: the median distance, in frame heights, from a ball to the nearest same-coloured ball of the
   next frame, over the smooth moves: how far balls travel. The data's is about 0.09; balls that stand still
   (which a share of smooth moves alone would reward) score near 0.
@@ -51,6 +53,7 @@ class FrameStats:
     smooth_moves: float  # share of balls (frames 0..f-2) with a same-coloured ball near them in the next frame
     moves: int  # how many balls the smooth share is over
     median_step: float  # frame heights a ball travels to the next frame, median over the smooth moves (NaN: none)
+    near_moves: float = float("nan")  # share of balls with a ball of any colour near them in the next frame
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,13 @@ def frame_balls(frame: np.ndarray) -> tuple[list[Ball], bool]:
     return balls, noise
 
 
-def _steps(a: list[Ball], b: list[Ball]) -> list[float]:
-    """For each ball of frame a with a same-coloured ball of frame b within MAX_STEP (a smooth move), the
-    distance to the nearest such ball, in frame heights."""
+def _steps(a: list[Ball], b: list[Ball], same_colour: bool = True) -> list[float]:
+    """For each ball of frame a with a same-coloured (or, with ``same_colour=False``, any) ball of frame b within
+    MAX_STEP (a smooth / near move), the distance to the nearest such ball, in frame heights."""
     steps = []
     for p in a:
-        near = [d for q in b if q.colour == p.colour and (d := math.hypot(q.y - p.y, q.x - p.x)) <= MAX_STEP]
+        near = [d for q in b if (q.colour == p.colour or not same_colour)
+                and (d := math.hypot(q.y - p.y, q.x - p.x)) <= MAX_STEP]
         if near:
             steps.append(min(near))
     return steps
@@ -113,7 +117,7 @@ def frame_stats(clips: list[np.ndarray]) -> FrameStats:
     counts: list[int] = []
     noise = 0
     steps: list[float] = []
-    moves = 0
+    moves = near = 0
     for clip in clips:
         per_frame = []
         for frame in clip:
@@ -123,9 +127,11 @@ def frame_stats(clips: list[np.ndarray]) -> FrameStats:
             noise += is_noise
         for a, b in zip(per_frame[:-1], per_frame[1:]):
             steps += _steps(a, b)
+            near += len(_steps(a, b, same_colour=False))
             moves += len(a)
     c = np.asarray(counts)
     return FrameStats(clips=len(clips), frames=len(c), balls_per_frame=float(c.mean()),
                       one_or_two_balls=float(np.mean((c >= 1) & (c <= 2))), noise_frames=noise / len(c),
                       smooth_moves=len(steps) / moves if moves else float("nan"), moves=moves,
-                      median_step=float(np.median(steps)) if steps else float("nan"))
+                      median_step=float(np.median(steps)) if steps else float("nan"),
+                      near_moves=near / moves if moves else float("nan"))

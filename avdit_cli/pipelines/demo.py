@@ -82,6 +82,9 @@ class GroupScore:
     smooth_moves: float = math.nan  # share of balls with a same-coloured ball near them in the next frame
     onsets_per_clip: float = math.nan
     median_step: float = math.nan  # frame heights a ball travels per frame (median over the smooth moves)
+    # share of balls with a ball of any colour near them in the next frame (demo.json only): smooth_moves'
+    # ceiling if every ball kept its colour
+    near_moves: float = math.nan
 
 
 @dataclass
@@ -158,7 +161,7 @@ def score_group(name: str, frames: list[np.ndarray], audio: list[np.ndarray], cf
     stats = frame_stats(frames)
     onsets = float(np.mean([len(audio_onsets(a, sr)) for a in audio]))
     return GroupScore(name, len(frames), f1, skipped, align.score, stats.balls_per_frame, stats.one_or_two_balls,
-                      stats.noise_frames, stats.smooth_moves, onsets, stats.median_step)
+                      stats.noise_frames, stats.smooth_moves, onsets, stats.median_step, stats.near_moves)
 
 
 DEMO_PARTS = ("data", "cache", "runs", "samples", "demo.json")
