@@ -96,6 +96,8 @@ def test_backbone_fidelity_benchmark_runs_on_the_shipped_backbone(real_clips: li
     assert bench.kept_balls(clip, clip) == 1.0
     blank = [np.broadcast_to(np.asarray(synthetic.BACKGROUND, np.uint8), f.shape) for f in clip]
     assert bench.kept_balls(clip, blank) == 0.0
+    swapped = [f[..., [1, 0, 2]] for f in clip]  # red <-> green: the same places, other colours
+    assert bench.kept_balls(clip, swapped, same_colour=False) == 1.0 > bench.kept_balls(clip, swapped)
     synthetic.make_dataset(tmp_path / "real", 1, seconds=1.6, seed=11)
     out = tmp_path / "fid.json"
     assert bench.main([str(root / "avdit_cli" / "assets" / "tiny-dit"), "--real", str(tmp_path / "real"),
