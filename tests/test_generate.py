@@ -417,6 +417,23 @@ def test_export_cli(tiny: tuple[Path, Config], tmp_path: Path) -> None:
     assert "exported to" in result.output and (tmp_path / "e" / "state.json").is_file()
 
 
+def test_not_known_inputs_get_the_training_prior_while_frames_get_the_sampling_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample_latents gives the sampler sample.video_noise_correlation for the generated frames and
+    diffusion.video_noise_correlation for "not known" inputs (guidance, absent modalities)."""
+    import avdit_cli.pipelines.generate as gen_mod
+
+    seen = {}
+    monkeypatch.setattr(gen_mod, "sample", lambda *a, **kw: seen.update(kw) or {})
+    for train_rho, want in ((0.0, {}), (0.5, {"video": (1, 0.5)})):
+        cfg = load_preset("tiny", [f"diffusion.video_noise_correlation={train_rho}",
+                                   "sample.video_noise_correlation=0.3", "sample.order=joint"])
+        known = {"audio": torch.zeros(1)}
+        gen_mod.sample_latents(lambda x, t: {}, cfg, None, None, {}, known,  # type: ignore[arg-type]
+                               generator=[torch.Generator()])
+        assert seen["noise_correlation"] == {"video": (1, 0.3)} and seen["unknown_correlation"] == want
+
+
 def test_video_first_order_and_noise_correlation_are_options_recorded_in_samples_json(tmp_path: Path) -> None:
     from avdit_cli.config import SampleOrder
 

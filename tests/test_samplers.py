@@ -549,6 +549,38 @@ def test_known_guidance_is_cfg_between_known_and_not_known(diffusion) -> None:
                known_guidance=2.0)
 
 
+def test_not_known_inputs_follow_the_training_prior_not_the_sampling_one(diffusion) -> None:
+    """Guidance's "not known" frames and a stage's absent frames are drawn with unknown_correlation (the prior the
+    model learnt "not known" under); the generated frames keep noise_correlation; None falls back to it."""
+    from avdit_cli.diffusion import sample_in_stages
+
+    shapes = {"video": (512, 4, 1, 2, 2), "audio": (512, 1, 2, 2)}
+    seen = []
+
+    def model_fn(x, t):
+        seen.append({m: v.clone() for m, v in x.items()})
+        return {m: torch.cat([torch.zeros_like(v), torch.zeros_like(v)], dim=CD[m]) for m, v in x.items()}
+
+    def frame_corr(v):  # correlation of frames 0 and 3 over the batch
+        return float(torch.corrcoef(torch.stack([v[:, 0].flatten(), v[:, 3].flatten()]))[0, 1])
+
+    known = {"video": torch.randn(shapes["video"], generator=torch.Generator().manual_seed(9))}
+    for prior, low in (({}, True), (None, False)):
+        seen.clear()
+        sample(model_fn, {"audio": shapes["audio"]}, CD, diffusion, sampler="ddim", steps=2, known=known,
+               known_guidance=2.0, generator=torch.Generator().manual_seed(0), noise_correlation={"video": (1, 0.8)},
+               unknown_correlation=prior)
+        not_known = seen[0]["video"][512:]
+        assert (abs(frame_corr(not_known)) < 0.15) if low else (frame_corr(not_known) > 0.6)
+    seen.clear()  # audio first, then the frames: the frames are absent while the sound is drawn
+    out = sample_in_stages(model_fn, shapes, CD, diffusion, [["audio"], ["video"]], sampler="ddim", steps=2,
+                           generator=torch.Generator().manual_seed(0), noise_correlation={"video": (1, 0.8)},
+                           unknown_correlation={})
+    assert abs(frame_corr(seen[0]["video"])) < 0.15  # absent frames: the training prior
+    assert frame_corr(seen[-1]["video"]) > 0.6  # the frames' own chain: the sampling prior (eps = 0 keeps x_T)
+    assert out["video"].shape == shapes["video"]
+
+
 @pytest.mark.parametrize("class_scale", [1.0, 4.0])
 def test_known_guidance_composes_with_class_guidance(diffusion, class_scale) -> None:
     """Class guidance wraps the model and known guidance doubles its batch: the classes tile with the batch."""

@@ -107,6 +107,7 @@ def sample(
     absent: Mapping[str, Tensor] | None = None,
     known_guidance: float = 1.0,
     frame_stagger: float = 0.0,
+    unknown_correlation: Mapping[str, Correlation] | None = None,
 ) -> dict[str, Tensor]:
     """Generate every modality in ``shapes`` (full shapes with the batch dim, e.g. video (b, f, c, h, w)).
 
@@ -124,6 +125,9 @@ def sample(
     runs with every known modality replaced by seeded pure noise at T - 1 ("not known"), in one doubled batch,
     and each generated modality's eps is ``eps_u + s (eps_c - eps_u)`` (the variance half stays conditional).
     s = 1 is plain conditional sampling. The guidance noise is drawn after x_T, so s = 1 draws as before.
+    ``unknown_correlation``: the noise prior of those "not known" draws, per modality like ``noise_correlation``
+    (None: ``noise_correlation``). It should be the prior the model was *trained* with, since "not known" is an
+    input the model learnt (a modality at T - 1), while ``noise_correlation`` may be a sampling-only prior.
     ``frame_stagger`` (DDIM only, when ``video`` (b, f, c, h, w) is generated): staggered "pyramid" sampling
     of the frames (:mod:`avdit_cli.diffusion.stagger`), see :func:`_sample_staggered`.
     """
@@ -170,7 +174,9 @@ def sample(
     guided = _guided(known_guidance, known)
     if guided and known_mode != "timestep":
         raise ValueError("known_guidance needs known_mode='timestep' (a model trained with independent timesteps)")
-    unknown = {m: noise(m, known[m].shape, device, dtype) for m in sorted(known)} if guided else {}
+    unknown_prior = dict(noise_correlation or {}) if unknown_correlation is None else dict(unknown_correlation)
+    unknown = ({m: _randn(known[m].shape, generator, device, dtype, unknown_prior.get(m)) for m in sorted(known)}
+               if guided else {})
     zeros = torch.zeros(b, dtype=torch.long, device=device)
     last = torch.full((b,), diffusion.num_timesteps - 1, dtype=torch.long, device=device)  # original scale
     for done, i in enumerate(range(n - 1, -1, -1), start=1):
@@ -274,6 +280,7 @@ def sample_in_stages(
     dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
     noise_correlation: Mapping[str, Correlation] | None = None,
+    unknown_correlation: Mapping[str, Correlation] | None = None,
     **kwargs: object,
 ) -> dict[str, Tensor]:
     """Generate the modalities of ``shapes`` stage by stage with :func:`sample`: a stage's modalities are drawn
@@ -283,7 +290,9 @@ def sample_in_stages(
 
     Every stage runs the whole chain (``steps`` model calls each); ``progress(done, total)`` counts over all
     stages. Seeded draws: the absent modalities' noise first (sorted), then each stage's, from ``generator``.
-    Other keyword arguments go to :func:`sample` unchanged. Returns every modality of ``shapes``.
+    The absent modalities' noise, like guidance's "not known" draws, follows ``unknown_correlation`` (None:
+    ``noise_correlation``), see :func:`sample`. Other keyword arguments go to :func:`sample` unchanged. Returns
+    every modality of ``shapes``.
     """
     order = [m for stage in stages for m in stage]
     if sorted(order) != sorted(shapes):
@@ -291,9 +300,9 @@ def sample_in_stages(
     if {"known", "known_mode", "absent"} & set(kwargs):
         raise ValueError("sample_in_stages decides known, known_mode and absent itself")
     device = torch.device(device)
-    correlations = dict(noise_correlation or {})
+    unknown_prior = dict(noise_correlation or {}) if unknown_correlation is None else dict(unknown_correlation)
     later = sorted(m for stage in stages[1:] for m in stage)
-    unseen = {m: _randn(shapes[m], generator, device, dtype, correlations.get(m)) for m in later}
+    unseen = {m: _randn(shapes[m], generator, device, dtype, unknown_prior.get(m)) for m in later}
     made: dict[str, Tensor] = {}
     for k, stage in enumerate(stages):
         def on_step(done: int, n: int, k: int = k) -> None:
@@ -303,7 +312,8 @@ def sample_in_stages(
         out = sample(model_fn, {m: shapes[m] for m in stage}, channel_dims, diffusion, generator=generator,
                      device=device, dtype=dtype, known=dict(made) or None, known_mode="timestep",
                      absent={m: unseen[m] for m in unseen if m not in made and m not in stage} or None,
-                     progress=on_step, noise_correlation=noise_correlation, **kwargs)  # type: ignore[arg-type]
+                     progress=on_step, noise_correlation=noise_correlation,
+                     unknown_correlation=unknown_correlation, **kwargs)  # type: ignore[arg-type]
         made.update({m: out[m] for m in stage})
     return made
 

@@ -195,7 +195,8 @@ def sample_latents(model_fn: ModelFn, cfg: Config, codecs: Codecs, diffusion: Di
     s = cfg.sample
     common = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, generator=generator, device=device, progress=progress,
                   clip_denoised=clip_bounds(cfg, codecs), noise_correlation=noise_correlation(cfg),
-                  known_guidance=s.cross_modal_guidance, frame_stagger=s.frame_stagger)
+                  unknown_correlation=training_noise_correlation(cfg), known_guidance=s.cross_modal_guidance,
+                  frame_stagger=s.frame_stagger)
     if s.order is SampleOrder.VIDEO_FIRST and not known:
         return sample_in_stages(model_fn, shapes, CHANNEL_DIMS, diffusion, [["video"], ["audio"]], **common)
     return sample(model_fn, shapes, CHANNEL_DIMS, diffusion, known=known or None, known_mode=known_mode(cfg),
@@ -205,6 +206,14 @@ def sample_latents(model_fn: ModelFn, cfg: Config, codecs: Codecs, diffusion: Di
 def noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
     """:func:`frame_noise_rho` as the sampler takes it: frames are axis 1 of (b, f, c, h, w)."""
     rho = frame_noise_rho(cfg)
+    return {"video": (1, rho)} if rho > 0 else {}
+
+
+def training_noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
+    """The frames' noise prior the model was trained with (diffusion.video_noise_correlation), as the sampler
+    takes it: for inputs that stand for "not known" (pure noise at T - 1), which the model learnt in training,
+    whatever prior sample.video_noise_correlation draws the generated frames from."""
+    rho = cfg.diffusion.video_noise_correlation
     return {"video": (1, rho)} if rho > 0 else {}
 
 
