@@ -1,9 +1,10 @@
 """How much of what a noisy frame shows does an image backbone keep? The demo's frames-per-frame ceiling.
 
 Real frames (a folder of synthetic bouncing-ball clips, `avdit demo --data-only`) are encoded with the tiny
-preset's codec, noised to t0 (one seeded draw per frame), then brought back with DDIM (``--steps`` steps evenly
-over [t0, 0], the x_0 prediction clamped to the codec's range as the demo samples) by the image backbone alone,
-each frame on its own. Per t0 and backbone:
+preset's codec, noised to t0 (seeded: one generator per batch of 64 frames), then brought back with DDIM
+(``--steps`` steps evenly over [t0, 0], the x_0 prediction clamped to the codec's range as the demo samples) by
+the image backbone alone, each frame on its own, with the tiny preset's noise schedule (a checkpoint's own
+schedule for a pretrain run's checkpoint). Per t0 and backbone:
 
 - **kept**: the share of the real frames' balls (:func:`avdit_cli.data.frame_stats.frame_balls`) for which the
   denoised frame holds a ball of the same palette colour within ``KEEP_RADIUS`` frame heights: what the frozen
@@ -11,14 +12,15 @@ each frame on its own. Per t0 and backbone:
 - **kept, any colour**: the same, whatever the colour of the ball found: the gap to "kept" is balls that stay in
   place but change colour;
 - **1-2 balls** and **noise frames** of the denoised frames;
-- **x0 MSE**: the mean squared error, in latent units, of the backbone's first x_0 prediction (at t0).
+- **x0 MSE**: the mean squared error, in latent units, of the backbone's first x_0 prediction (at t0, after the
+  clamp).
 
     python benchmarks/backbone_fidelity.py --real DATA_DIR BACKBONE_DIR [BACKBONE_DIR ...] [-n 24]
-        [--t0 100 200 300 400 500] [--json out.json]
+        [--t0 100 200 300 400 500] [--steps 25] [--json out.json]
 
 BACKBONE_DIR: a DiT in the diffusers layout (`avdit_cli/assets/tiny-dit`, or a pretrain run's `backbone/`), or a
 checkpoint of a pretrain run (`runs/NAME/checkpoints/step_...`, its EMA weights), to follow a pretraining as it
-goes.
+goes. Either must take the tiny preset's latents (16 x 16 x 3 pixels).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from avdit_cli.data.frame_stats import frame_balls
 from avdit_cli.diffusion import Diffusion
 from avdit_cli.models import DiT
 from avdit_cli.errors import ConfigError
+from avdit_cli.fileio import plain
 from avdit_cli.pipelines.demo import read_clips
 from avdit_cli.pipelines.runs import load_checkpoint
 from avdit_cli.pipelines.preprocess import encode_clips
@@ -52,7 +55,7 @@ LEVELS = (100, 200, 300, 400, 500)
 def kept_balls(real: list[np.ndarray], frames: list[np.ndarray], same_colour: bool = True) -> float:
     """Share of the balls of the real frames found again in ``frames`` (a ball of the same palette colour, or
     with ``same_colour=False`` of any colour, within ``KEEP_RADIUS`` frame heights); NaN when the real frames
-    hold no ball. Both: uint8 frames (h, w, 3), paired."""
+    hold no ball. Both: uint8 frames (h, w, 3), paired; ValueError when their counts differ."""
     found = total = 0
     for a, b in zip(real, frames, strict=True):
         others = frame_balls(b)[0]
@@ -63,10 +66,12 @@ def kept_balls(real: list[np.ndarray], frames: list[np.ndarray], same_colour: bo
     return found / total if total else math.nan
 
 
-def load_dit(path: Path) -> DiT:
-    """A DiT folder in the diffusers layout, or the EMA weights of a pretrain run's checkpoint."""
+def load_dit(path: Path) -> tuple[DiT, Config | None]:
+    """(the DiT, the config it was trained with or None): a DiT folder in the diffusers layout (no config), or the
+    EMA weights of a pretrain run's checkpoint (its run config). Raises WeightsError for neither, ConfigError
+    for a checkpoint of another mode (adapters are no image backbone)."""
     if (path / "config.json").exists() or not (path / "state.json").exists():
-        return DiT.from_pretrained(path)
+        return DiT.from_pretrained(path), None
     ckpt = load_checkpoint(path)
     if ckpt.state.get("mode") != "pretrain":
         raise ConfigError(f"{path} is a {ckpt.state.get('mode')} checkpoint; give a pretrain run's checkpoint or a "
@@ -75,7 +80,7 @@ def load_dit(path: Path) -> DiT:
     _, c, h, _ = cfg.data.video_latent_shape
     dit = DiT.from_config(cfg.model, input_size=h, in_channels=c)
     dit.load_state_dict(ckpt.ema)
-    return dit
+    return dit, cfg
 
 
 @torch.no_grad()
@@ -111,9 +116,9 @@ def to_frames(z: torch.Tensor, codecs: Codecs) -> list[np.ndarray]:
 def fidelity(path: Path, real_frames: list[np.ndarray], latents: torch.Tensor, cfg: Config, codecs: Codecs,
              levels: tuple[int, ...], steps: int, batch: int = 64) -> list[dict[str, Any]]:
     """One row per t0 for the backbone at ``path``; latents (n, c, h, w) are the codec's of ``real_frames``."""
-    dit = load_dit(path)
+    dit, trained = load_dit(path)
     dit.eval()
-    diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
+    diffusion = Diffusion.from_config((trained or cfg).diffusion, learn_sigma=cfg.model.learn_sigma)
     bounds = codecs.video.latent_range if cfg.sample.clip_denoised else None
     rows = []
     for t0 in levels:
@@ -135,17 +140,20 @@ def fidelity(path: Path, real_frames: list[np.ndarray], latents: torch.Tensor, c
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("backbones", type=Path, nargs="+", help="DiT folders in the diffusers layout")
+    ap.add_argument("backbones", type=Path, nargs="+",
+                    help="DiT folders in the diffusers layout, or pretrain-run checkpoints (their EMA weights)")
     ap.add_argument("--real", type=Path, required=True, help="a folder of synthetic clips (avdit demo --data-only)")
     ap.add_argument("-n", type=int, default=24, help="real clips (each gives 16 frames)")
     ap.add_argument("--t0", type=int, nargs="+", default=list(LEVELS), help="noise levels to start from")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps over [t0, 0]")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_preset("tiny")
     if any(not 0 < t < cfg.diffusion.num_timesteps for t in args.t0):
         ap.error(f"--t0 values must lie in 1..{cfg.diffusion.num_timesteps - 1}")
+    if args.steps < 1 or args.n < 1:
+        ap.error("--steps and -n must be at least 1")
     files = sorted(args.real.glob("*.mp4"))[: args.n]
     if not files:
         ap.error(f"no .mp4 in {args.real}; make some with `avdit demo --data-only -o DIR`")
@@ -164,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * r['one_or_two_balls']:.0f} % | "
                   f"{100 * r['noise_frames']:.0f} % | {r['x0_mse']:.4f} |", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "clips": len(files), "steps": args.steps,
-                                         "torch": torch.__version__}, indent=1) + "\n")
+        args.json.write_text(json.dumps(plain({"rows": rows, "clips": len(clips), "steps": args.steps,
+                                               "torch": torch.__version__}), indent=1, allow_nan=False) + "\n")
     return 0
 
 

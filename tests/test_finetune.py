@@ -433,10 +433,19 @@ def test_backbone_fidelity_reads_a_pretrain_checkpoint_as_its_ema_backbone(env: 
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)  # type: ignore[union-attr]
     ckpt = env.pretrain.run_dir / "checkpoints" / (env.pretrain.run_dir / "latest").read_text().strip()
-    got, want = bench.load_dit(ckpt).state_dict(), DiT.from_pretrained(env.backbone).state_dict()
-    assert got.keys() == want.keys()
+    dit, trained = bench.load_dit(ckpt)
+    got, want = dit.state_dict(), DiT.from_pretrained(env.backbone).state_dict()
+    assert got.keys() == want.keys() and trained == load_checkpoint(ckpt).config
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    # with a real EMA (decay 0.5) the weights read are the EMA ones, not the live ones
+    pre_cfg = load_preset("tiny", [*SMALL, "train.mode=pretrain", "train.steps=2", "train.ema_decay=0.5"])
+    pre = finetune(pre_cfg, cache_dir=env.cache, run_dir=tmp_path / "pre").run_dir
+    saved = load_checkpoint(pre)
+    read = bench.load_dit(pre / "checkpoints" / (pre / "latest").read_text().strip())[0].state_dict()
+    assert any(not torch.equal(saved.ema[k], saved.model[k]) for k in saved.ema)
+    for k in saved.ema:
+        assert torch.equal(read[k], saved.ema[k]), k
     run = finetune(env.cfg("train.steps=1"), cache_dir=env.cache, run_dir=tmp_path / "run").run_dir
     adapters = run / "checkpoints" / (run / "latest").read_text().strip()
     with pytest.raises(ConfigError, match="pretrain run's checkpoint"):

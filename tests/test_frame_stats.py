@@ -98,13 +98,17 @@ def test_backbone_fidelity_benchmark_runs_on_the_shipped_backbone(real_clips: li
     assert bench.kept_balls(clip, blank) == 0.0
     swapped = [f[..., [1, 0, 2]] for f in clip]  # red <-> green: the same places, other colours
     assert bench.kept_balls(clip, swapped, same_colour=False) == 1.0 > bench.kept_balls(clip, swapped)
-    synthetic.make_dataset(tmp_path / "real", 1, seconds=1.6, seed=11)
+    synthetic.make_dataset(tmp_path / "real", 2, seconds=1.6, seed=11)  # two clips: frames stay paired
     out = tmp_path / "fid.json"
     assert bench.main([str(root / "avdit_cli" / "assets" / "tiny-dit"), "--real", str(tmp_path / "real"),
-                       "-n", "1", "--t0", "5", "999", "--steps", "3", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["t0"] for r in rows] == [5, 999]
+                       "-n", "2", "--t0", "5", "999", "--steps", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert report["clips"] == 2 and [r["t0"] for r in rows] == [5, 999]
     assert rows[0]["kept"] > 0.9 and rows[0]["x0_mse"] < rows[1]["x0_mse"]  # nearly clean in, the same out
+    assert all(r["kept_any_colour"] >= r["kept"] for r in rows)
+    with pytest.raises(SystemExit):
+        bench.main([str(root / "avdit_cli" / "assets" / "tiny-dit"), "--real", str(tmp_path / "real"), "--steps", "0"])
 
 
 def test_near_moves_count_balls_in_reach_whatever_their_colour(real_clips: list[np.ndarray]) -> None:

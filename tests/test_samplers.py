@@ -579,6 +579,12 @@ def test_not_known_inputs_follow_the_training_prior_not_the_sampling_one(diffusi
     assert abs(frame_corr(seen[0]["video"])) < 0.15  # absent frames: the training prior
     assert frame_corr(seen[-1]["video"]) > 0.6  # the frames' own chain: the sampling prior (eps = 0 keeps x_T)
     assert out["video"].shape == shapes["video"]
+    seen.clear()  # video first with guidance: the sound stage's "not known" frames, through sample_in_stages
+    sample_in_stages(model_fn, shapes, CD, diffusion, [["video"], ["audio"]], sampler="ddim", steps=2,
+                     generator=torch.Generator().manual_seed(0), noise_correlation={"video": (1, 0.8)},
+                     unknown_correlation={}, known_guidance=2.0)
+    sound_stage = [x for x in seen if x["video"].shape[0] == 1024]  # the doubled batch: known, then not known
+    assert sound_stage and abs(frame_corr(sound_stage[0]["video"][512:])) < 0.15
 
 
 @pytest.mark.parametrize("class_scale", [1.0, 4.0])
