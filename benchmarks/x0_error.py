@@ -27,36 +27,19 @@ in as pure noise at T - 1 ("not known"). CPU, one thread; about 30 s for 32 clip
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from avdit_cli.data.cache import LatentCache
 from avdit_cli.diffusion import Diffusion
+from avdit_cli.models.avdit import temporal_off
 from avdit_cli.pipelines.generate import load_run_model, open_checkpoint
 
 LEVELS = (100, 300, 500, 700, 900, 999)
-
-
-@contextlib.contextmanager
-def temporal_off(model: torch.nn.Module) -> Iterator[None]:
-    """Zero every temporal attention's output projection (their init), restoring it afterwards."""
-    saved = [(m.attn.proj.weight.detach().clone(), m.attn.proj.bias.detach().clone()) for m in model.temporal]
-    try:
-        with torch.no_grad():
-            for m in model.temporal:
-                m.attn.proj.weight.zero_()
-                m.attn.proj.bias.zero_()
-        yield
-    finally:
-        with torch.no_grad():
-            for m, (w, b) in zip(model.temporal, saved):
-                m.attn.proj.weight.copy_(w)
-                m.attn.proj.bias.copy_(b)
 
 
 @torch.no_grad()

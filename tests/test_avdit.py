@@ -63,6 +63,26 @@ def test_identity_needs_the_zero_inits() -> None:
         assert rel_err(model(**x)["video"][:, 0], frame) > 1e-3
 
 
+def test_temporal_off_makes_each_frame_alone_and_restores_the_weights() -> None:
+    """With trained (random) temporal layers and no joint block, temporal_off gives the frozen DiT on each frame;
+    on exit, even after an error, the weights are back and the frames see each other again."""
+    from avdit_cli.models.avdit import temporal_off
+
+    model = build(joint=False).eval()
+    randomize_adapters(model)
+    x = av_inputs(b=2, f=3)
+    with torch.no_grad():
+        before = model(**x)["video"]
+        with temporal_off(model):
+            alone = model(**x)["video"]
+        with pytest.raises(RuntimeError), temporal_off(model):
+            raise RuntimeError("inside")
+        after = model(**x)["video"]
+        for i in range(3):
+            assert rel_err(alone[:, i], model.backbone(x["video"][:, i], x["t_video"], x["y"])) <= 1e-6
+    assert rel_err(before, alone) > 1e-3 and torch.equal(before, after)
+
+
 def test_audio_lora_with_zero_b_is_the_frozen_block() -> None:
     model = build()
     block, lora = model.backbone.blocks[0], model.audio_lora[0]

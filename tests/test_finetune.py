@@ -452,6 +452,28 @@ def test_backbone_fidelity_reads_a_pretrain_checkpoint_as_its_ema_backbone(env: 
         bench.load_dit(adapters)
 
 
+def test_backbone_fidelity_runs_whole_clips_through_a_run_with_and_without_temporal_layers(
+        env: Env, tmp_path: Path) -> None:
+    """backbone_fidelity.py --run: one row per t0 with the temporal layers on and one with them off, the clip
+    statistics included, written as JSON."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "backbone_fidelity", Path(__file__).parents[1] / "benchmarks" / "backbone_fidelity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    run = finetune(env.cfg("diffusion.independent_timesteps=true", "train.steps=2"), cache_dir=env.cache,
+                   run_dir=tmp_path / "run").run_dir
+    out = tmp_path / "fid.json"
+    assert bench.main(["--run", str(run), "--real", str(env.root / "data"), "-n", "2", "--t0", "5",
+                       "--steps", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["t0"], r["temporal"]) for r in rows] == [(5, True), (5, False)]
+    for r in rows:
+        assert set(r) >= {"smooth_moves", "near_moves", "median_step", "kept", "kept_any_colour", "x0_mse"}
+        assert 0 <= r["x0_mse"] < 0.05  # nearly clean in: the video branch hands it back
+
+
 def test_given_video_runs_end_to_end_and_needs_independent_timesteps(env: Env, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="independent_timesteps"):
         env.cfg("diffusion.given_video_prob=0.3")

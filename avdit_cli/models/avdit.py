@@ -18,8 +18,9 @@ other module is new and trained. At initialisation the video output equals the f
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from einops import rearrange, repeat
@@ -322,6 +323,25 @@ class AVDiT(nn.Module):
             return {"audio": audio_out}
         frames_out = bb.unpatchify(bb.final_layer(xv, cv_frames), bb.grid_size, bb.grid_size)  # (b f) 2c h w
         return {"video": rearrange(frames_out, "(b f) c h w -> b f c h w", b=b), "audio": audio_out}
+
+
+@contextlib.contextmanager
+def temporal_off(model: AVDiT) -> Iterator[None]:
+    """Within the block, every temporal attention's output projection is zero, as at initialisation: each frame
+    then goes through the video branch without seeing the others (a diagnosis of what the temporal layers add).
+    The weights are restored on exit, also after an error."""
+    saved = [(m.attn.proj.weight.detach().clone(), m.attn.proj.bias.detach().clone()) for m in model.temporal]
+    try:
+        with torch.no_grad():
+            for m in model.temporal:
+                m.attn.proj.weight.zero_()
+                m.attn.proj.bias.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (w, b) in zip(model.temporal, saved):
+                m.attn.proj.weight.copy_(w)
+                m.attn.proj.bias.copy_(b)
 
 
 def _check_backbone(backbone: DiT, cfg: ModelConfig, channels: int, size: int) -> None:
