@@ -4,7 +4,7 @@ Real frames (a folder of synthetic bouncing-ball clips, `avdit demo --data-only`
 preset's codec, noised to t0 (seeded: one generator per batch of 64 frames), then brought back with DDIM
 (``--steps`` steps evenly over [t0, 0], the x_0 prediction clamped to the codec's range as the demo samples) by
 the image backbone alone, each frame on its own, with the tiny preset's noise schedule (a checkpoint's own
-schedule for a pretrain run's checkpoint). Per t0 and backbone:
+schedule for a pretrain run's checkpoint). Per t0 and backbone (the JSON rows also say how many clips were read):
 
 - **kept**: the share of the real frames' balls (:func:`avdit_cli.data.frame_stats.frame_balls`) for which the
   denoised frame holds a ball of the same palette colour within ``KEEP_RADIUS`` frame heights: what the frozen
@@ -16,10 +16,12 @@ schedule for a pretrain run's checkpoint). Per t0 and backbone:
   clamp).
 
 ``--run RUN`` (an AV-DiT run or checkpoint folder, or an exported model such as `avdit_cli/assets/demo-avdit`)
-makes the same round trip for whole clips through the run's video branch (independent noise per frame; the
-sound goes in as "not known", pure noise at T - 1), with its temporal layers on and off. Its rows add the clips'
-**smooth moves**, **near moves** and **median step** (:func:`avdit_cli.data.frame_stats.frame_stats`): how much
-of a clip's path the temporal layers carry through from that noise level.
+makes the same round trip for whole clips through the run's video branch, with the run's own config (frames,
+codec, noise schedule; seeded per batch of 8 clips; independent noise per frame; the sound goes in as "not
+known", pure noise at T - 1), with its temporal layers on and off. Its rows add the clips' **smooth moves**,
+**near moves** and **median step** (:func:`avdit_cli.data.frame_stats.frame_stats`): how much of a clip's path
+the temporal layers carry through from that noise level. With the temporal layers off, a model *without* a joint
+block treats each frame alone; a joint block still sees every frame.
 
     python benchmarks/backbone_fidelity.py --real DATA_DIR BACKBONE_DIR [BACKBONE_DIR ...] [-n 24]
         [--t0 100 200 300 400 500] [--steps 25] [--json out.json]
@@ -152,7 +154,8 @@ def fidelity(path: Path, real_frames: list[np.ndarray], latents: torch.Tensor, c
         parts = [round_trip(image_eps(dit), latents[i:i + batch], t0, diffusion, bounds, steps, seed=i)
                  for i in range(0, len(latents), batch)]
         frames = to_frames(torch.cat([p[0] for p in parts]), codecs)
-        rows.append({"backbone": str(path), "t0": t0, **_frame_row(real_frames, frames, parts),
+        rows.append({"backbone": str(path), "t0": t0, "clips": len(real_frames) // cfg.data.num_frames,
+                     **_frame_row(real_frames, frames, parts),
                      "seconds": round(time.perf_counter() - start, 1)})
     return rows
 
@@ -169,14 +172,19 @@ def _frame_row(real_frames: list[np.ndarray], frames: list[np.ndarray],
 
 def clip_fidelity(run: str, files: list[Path], levels: tuple[int, ...], steps: int, batch: int = 8
                   ) -> list[dict[str, Any]]:
-    """Rows per t0 and temporal on / off for an AV-DiT run: its own config's clips, codec and schedule."""
+    """Rows per t0 and temporal on / off for an AV-DiT run: its own config's clips, codec and schedule. Raises
+    ConfigError for a t0 outside its schedule or when no file gives a clip."""
     ckpt = open_checkpoint(shipped_run(run == "shipped") if run in ("shipped", "shipped-no-joint") else Path(run))
     cfg = ckpt.config
+    if any(not 0 < t < cfg.diffusion.num_timesteps for t in levels):
+        raise ConfigError(f"--t0 values must lie in 1..{cfg.diffusion.num_timesteps - 1} for {run}")
     model = load_run_model(ckpt, cfg, torch.device("cpu")).eval()
     codecs = build_codecs(cfg, "cpu")
     diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
     bounds = codecs.video.latent_range if cfg.sample.clip_denoised else None
     clips = read_clips(files, cfg)
+    if not clips:
+        raise ConfigError(f"none of the {len(files)} files gives a clip of {cfg.data.clip_seconds} s for {run}")
     video_z, audio_z = encode_clips(clips, codecs, batch_size=16)  # (b, f, c, h, w), (b, c_a, T_a, M_a)
     real = [c.frames for c in clips]
     audio = torch.randn(audio_z.shape, generator=torch.Generator().manual_seed(1))  # the "not known" sound
@@ -190,9 +198,9 @@ def clip_fidelity(run: str, files: list[Path], levels: tuple[int, ...], steps: i
                                     bounds, steps, seed=i) for i in range(0, len(video_z), batch)]
             z = rearrange(torch.cat([p[0] for p in parts]), "b f c h w -> (b f) c h w")
             frames = to_frames(z, codecs)
-            per_clip = [np.stack(frames[k:k + len(real[0])]) for k in range(0, len(frames), len(real[0]))]
-            stats = frame_stats(per_clip)
-            rows.append({"run": str(run), "t0": t0, "temporal": temporal,
+            f = video_z.shape[1]
+            stats = frame_stats([np.stack(frames[k:k + f]) for k in range(0, len(frames), f)])
+            rows.append({"run": str(run), "t0": t0, "temporal": temporal, "clips": len(clips),
                          **_frame_row([f for c in real for f in c], frames, parts),
                          "smooth_moves": stats.smooth_moves, "near_moves": stats.near_moves,
                          "median_step": stats.median_step, "seconds": round(time.perf_counter() - start, 1)})
@@ -207,14 +215,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="an AV-DiT run / checkpoint / exported model (or shipped, shipped-no-joint): whole clips "
                          "through its video branch, temporal layers on and off")
     ap.add_argument("--real", type=Path, required=True, help="a folder of synthetic clips (avdit demo --data-only)")
-    ap.add_argument("-n", type=int, default=24, help="real clips (each gives 16 frames)")
+    ap.add_argument("-n", type=int, default=24, help="real clip files (the first clip of each)")
     ap.add_argument("--t0", type=int, nargs="+", default=list(LEVELS), help="noise levels to start from")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps over [t0, 0]")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_preset("tiny")
-    if any(not 0 < t < cfg.diffusion.num_timesteps for t in args.t0):
+    if args.backbones and any(not 0 < t < cfg.diffusion.num_timesteps for t in args.t0):
         ap.error(f"--t0 values must lie in 1..{cfg.diffusion.num_timesteps - 1}")
     if args.steps < 1 or args.n < 1:
         ap.error("--steps and -n must be at least 1")
@@ -223,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(args.real.glob("*.mp4"))[: args.n]
     if not files:
         ap.error(f"no .mp4 in {args.real}; make some with `avdit demo --data-only -o DIR`")
-    clips = read_clips(files, cfg)
     rows = []
     if args.backbones:
+        clips = read_clips(files, cfg)
+        if not clips:
+            ap.error(f"none of the files in {args.real} gives a clip of {cfg.data.clip_seconds} s")
         codecs = build_codecs(cfg, "cpu")
         video_z, _ = encode_clips(clips, codecs, batch_size=16)
         latents = rearrange(video_z, "b f c h w -> (b f) c h w")
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{_pct(r['kept_any_colour'])} | {_pct(r['one_or_two_balls'])} | {_pct(r['noise_frames'])} | "
                       f"{r['x0_mse']:.4f} |", flush=True)
     if args.json:
-        args.json.write_text(json.dumps(plain({"rows": rows, "clips": len(clips), "steps": args.steps,
+        args.json.write_text(json.dumps(plain({"rows": rows, "files": len(files), "steps": args.steps,
                                                "torch": torch.__version__}), indent=1, allow_nan=False) + "\n")
     return 0
 

@@ -8,6 +8,7 @@ Sizes: the tiny preset with 4-frame clips, a 2-block DiT and batch 4, so a step 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -453,7 +454,7 @@ def test_backbone_fidelity_reads_a_pretrain_checkpoint_as_its_ema_backbone(env: 
 
 
 def test_backbone_fidelity_runs_whole_clips_through_a_run_with_and_without_temporal_layers(
-        env: Env, tmp_path: Path) -> None:
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """backbone_fidelity.py --run: one row per t0 with the temporal layers on and one with them off, the clip
     statistics included, written as JSON."""
     import importlib.util
@@ -464,11 +465,32 @@ def test_backbone_fidelity_runs_whole_clips_through_a_run_with_and_without_tempo
     spec.loader.exec_module(bench)  # type: ignore[union-attr]
     run = finetune(env.cfg("diffusion.independent_timesteps=true", "train.steps=2"), cache_dir=env.cache,
                    run_dir=tmp_path / "run").run_dir
+    # which rows ran with the temporal layers off: a spy on the real temporal_off, seen from round_trip
+    off, seen = [False], []
+    real_off, real_trip = bench.temporal_off, bench.round_trip
+
+    @contextlib.contextmanager
+    def spy_off(model):  # type: ignore[no-untyped-def]
+        with real_off(model):
+            off[0] = True
+            try:
+                yield
+            finally:
+                off[0] = False
+
+    def spy_trip(*a, **kw):  # type: ignore[no-untyped-def]
+        seen.append(off[0])
+        return real_trip(*a, **kw)
+
+    monkeypatch.setattr(bench, "temporal_off", spy_off)
+    monkeypatch.setattr(bench, "round_trip", spy_trip)
     out = tmp_path / "fid.json"
-    assert bench.main(["--run", str(run), "--real", str(env.root / "data"), "-n", "2", "--t0", "5",
+    assert bench.main(["--run", str(run), "--real", str(env.root / "data"), "-n", "2", "--t0", "5", "7",
                        "--steps", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["t0"], r["temporal"]) for r in rows] == [(5, True), (5, False)]
+    assert [(r["t0"], r["temporal"], r["clips"]) for r in rows] == [(5, True, 2), (5, False, 2), (7, True, 2),
+                                                                      (7, False, 2)]
+    assert seen == [False, True, False, True]  # one batch per row: off exactly in the rows marked off
     for r in rows:
         assert set(r) >= {"smooth_moves", "near_moves", "median_step", "kept", "kept_any_colour", "x0_mse"}
         assert 0 <= r["x0_mse"] < 0.05  # nearly clean in: the video branch hands it back

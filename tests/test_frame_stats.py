@@ -104,7 +104,7 @@ def test_backbone_fidelity_benchmark_runs_on_the_shipped_backbone(real_clips: li
                        "-n", "2", "--t0", "5", "999", "--steps", "3", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert report["clips"] == 2 and [r["t0"] for r in rows] == [5, 999]
+    assert report["files"] == 2 and [(r["t0"], r["clips"]) for r in rows] == [(5, 2), (999, 2)]
     assert rows[0]["kept"] > 0.9 and rows[0]["x0_mse"] < rows[1]["x0_mse"]  # nearly clean in, the same out
     assert all(r["kept_any_colour"] >= r["kept"] for r in rows)
     with pytest.raises(SystemExit):

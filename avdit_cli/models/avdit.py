@@ -327,9 +327,10 @@ class AVDiT(nn.Module):
 
 @contextlib.contextmanager
 def temporal_off(model: AVDiT) -> Iterator[None]:
-    """Within the block, every temporal attention's output projection is zero, as at initialisation: each frame
-    then goes through the video branch without seeing the others (a diagnosis of what the temporal layers add).
-    The weights are restored on exit, also after an error."""
+    """Within the block, every temporal attention's output projection is zero, as at initialisation (a diagnosis
+    of what the temporal layers add). Without a joint block each frame then goes through the video branch alone;
+    a joint block still attends over every frame (and the sound). The weights are restored on exit, also after
+    an error."""
     saved = [(m.attn.proj.weight.detach().clone(), m.attn.proj.bias.detach().clone()) for m in model.temporal]
     try:
         with torch.no_grad():
