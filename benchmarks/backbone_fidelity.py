@@ -55,7 +55,7 @@ from avdit_cli.models import DiT
 from avdit_cli.models.avdit import temporal_off
 from avdit_cli.errors import ConfigError
 from avdit_cli.fileio import plain
-from avdit_cli.pipelines.demo import read_clips, shipped_run
+from avdit_cli.pipelines.demo import read_clips, shipped_or_path
 from avdit_cli.pipelines.generate import load_run_model, open_checkpoint
 from avdit_cli.pipelines.runs import load_checkpoint
 from avdit_cli.pipelines.preprocess import encode_clips
@@ -174,7 +174,7 @@ def clip_fidelity(run: str, files: list[Path], levels: tuple[int, ...], steps: i
                   ) -> list[dict[str, Any]]:
     """Rows per t0 and temporal on / off for an AV-DiT run: its own config's clips, codec and schedule. Raises
     ConfigError for a t0 outside its schedule or when no file gives a clip."""
-    ckpt = open_checkpoint(shipped_run(run == "shipped") if run in ("shipped", "shipped-no-joint") else Path(run))
+    ckpt = open_checkpoint(shipped_or_path(run))
     cfg = ckpt.config
     if any(not 0 < t < cfg.diffusion.num_timesteps for t in levels):
         raise ConfigError(f"--t0 values must lie in 1..{cfg.diffusion.num_timesteps - 1} for {run}")

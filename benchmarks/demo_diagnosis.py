@@ -38,7 +38,7 @@ from avdit_cli.config import Config, apply_overrides
 from avdit_cli.data.clips import Clip
 from avdit_cli.diffusion import Diffusion, sample
 from avdit_cli.models import DiT
-from avdit_cli.pipelines.demo import GroupScore, read_clips, score_group, shipped_run
+from avdit_cli.pipelines.demo import GroupScore, read_clips, score_group, shipped_or_path
 from avdit_cli.pipelines.generate import VOCODER_SEED, decode, load_run_model, open_checkpoint, sample_latents
 from avdit_cli.pipelines.preprocess import encode_clips
 
@@ -69,8 +69,7 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
 
 def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, ema: bool = True,
                  sample_sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    ckpt = open_checkpoint(shipped_run(run != "shipped-no-joint") if run in ("shipped", "shipped-no-joint")
-                           else Path(run))
+    ckpt = open_checkpoint(shipped_or_path(run))
     cfg = apply_overrides(ckpt.config, sample_sets)
     model = load_run_model(ckpt, cfg, torch.device("cpu"), ema=ema)
     codecs = build_codecs(cfg.replace(**{"sample.seed": VOCODER_SEED}), "cpu")

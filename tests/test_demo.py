@@ -190,3 +190,11 @@ def test_the_shipped_joint_model_hears_the_frames_and_the_ablation_does_not(shor
         losses[joint] = own, wrong
     assert losses[True][0] < 0.85 * losses[True][1], losses
     assert abs(losses[False][0] - losses[False][1]) < 1e-6 * losses[False][1], losses
+
+
+def test_shipped_names_resolve_to_the_packaged_models_and_anything_else_to_a_path(tmp_path: Path) -> None:
+    from avdit_cli.pipelines.demo import shipped_or_path
+
+    assert shipped_or_path("shipped") == shipped_run(True)
+    assert shipped_or_path("shipped-no-joint") == shipped_run(False)
+    assert shipped_or_path(tmp_path / "run") == tmp_path / "run" and shipped_or_path("runs/x") == Path("runs/x")

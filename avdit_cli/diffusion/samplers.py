@@ -174,7 +174,7 @@ def sample(
     guided = _guided(known_guidance, known)
     if guided and known_mode != "timestep":
         raise ValueError("known_guidance needs known_mode='timestep' (a model trained with independent timesteps)")
-    unknown_prior = dict(noise_correlation or {}) if unknown_correlation is None else dict(unknown_correlation)
+    unknown_prior = _unknown_prior(noise_correlation, unknown_correlation)
     unknown = ({m: _randn(known[m].shape, generator, device, dtype, unknown_prior.get(m)) for m in sorted(known)}
                if guided else {})
     zeros = torch.zeros(b, dtype=torch.long, device=device)
@@ -201,6 +201,12 @@ def sample(
         if progress is not None:
             progress(done, n)
     return {**x, **{m: v.clone() for m, v in known.items()}}
+
+
+def _unknown_prior(noise_correlation: Mapping[str, Correlation] | None,
+                   unknown_correlation: Mapping[str, Correlation] | None) -> dict[str, Correlation]:
+    """The noise prior of "not known" inputs: ``unknown_correlation``, or the sampling prior when it is None."""
+    return dict(noise_correlation or {}) if unknown_correlation is None else dict(unknown_correlation)
 
 
 def _guided(known_guidance: float, known: Mapping[str, Tensor]) -> bool:
@@ -300,7 +306,7 @@ def sample_in_stages(
     if {"known", "known_mode", "absent"} & set(kwargs):
         raise ValueError("sample_in_stages decides known, known_mode and absent itself")
     device = torch.device(device)
-    unknown_prior = dict(noise_correlation or {}) if unknown_correlation is None else dict(unknown_correlation)
+    unknown_prior = _unknown_prior(noise_correlation, unknown_correlation)
     later = sorted(m for stage in stages[1:] for m in stage)
     unseen = {m: _randn(shapes[m], generator, device, dtype, unknown_prior.get(m)) for m in later}
     made: dict[str, Tensor] = {}

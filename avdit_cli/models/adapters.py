@@ -219,4 +219,3 @@ def _per_token(modulation: tuple[Tensor, ...], n: int) -> tuple[Tensor, ...]:
         return tuple(m.unsqueeze(1) for m in modulation)
     f = modulation[0].shape[1]
     return tuple(m.repeat_interleave(n // f, dim=1) for m in modulation)
-

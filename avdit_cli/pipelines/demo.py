@@ -178,6 +178,12 @@ def shipped_run(joint: bool = True) -> Path:
         raise DataError(f"this installation has no shipped demo model at {path}; reinstall avdit, or run "
                         "`avdit demo` without --pretrained to train one")
     return path
+
+
+def shipped_or_path(run: str | Path) -> Path:
+    """``shipped`` / ``shipped-no-joint``: the packaged demo model with / without the joint block (see
+    :func:`shipped_run`); anything else is a run, checkpoint or exported-model folder."""
+    return shipped_run(str(run) != "shipped-no-joint") if str(run) in ("shipped", "shipped-no-joint") else Path(run)
 FALLBACK_PRETRAIN_STEPS = 400
 
 

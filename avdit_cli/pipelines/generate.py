@@ -204,16 +204,19 @@ def sample_latents(model_fn: ModelFn, cfg: Config, codecs: Codecs, diffusion: Di
 
 
 def noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
-    """:func:`frame_noise_rho` as the sampler takes it: frames are axis 1 of (b, f, c, h, w)."""
-    rho = frame_noise_rho(cfg)
-    return {"video": (1, rho)} if rho > 0 else {}
+    """:func:`frame_noise_rho` as the sampler takes it."""
+    return _frame_prior(frame_noise_rho(cfg))
 
 
 def training_noise_correlation(cfg: Config) -> dict[str, tuple[int, float]]:
     """The frames' noise prior the model was trained with (diffusion.video_noise_correlation), as the sampler
     takes it: for inputs that stand for "not known" (pure noise at T - 1), which the model learnt in training,
     whatever prior sample.video_noise_correlation draws the generated frames from."""
-    rho = cfg.diffusion.video_noise_correlation
+    return _frame_prior(cfg.diffusion.video_noise_correlation)
+
+
+def _frame_prior(rho: float) -> dict[str, tuple[int, float]]:
+    """A frame-noise correlation as the sampler's per-modality prior: frames are axis 1 of (b, f, c, h, w)."""
     return {"video": (1, rho)} if rho > 0 else {}
 
 
