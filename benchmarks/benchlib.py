@@ -424,7 +424,7 @@ def train_step_row(cfg: Config, device: torch.device, batch: int, ckpt: bool, st
             _batch_share(terms, masks, counts, _loss_weights(cfg, False))["loss"].backward()
             torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.train.grad_clip)
             optimizer.step()
-            ema.update()
+            ema.update(step[0])
             step[0] += 1
 
         times = time_ms(one, device, warmup, steps)

@@ -358,22 +358,81 @@ def test_the_time_bias_starts_local_and_its_slopes_learn() -> None:
     assert not any("time_slopes" in name for name in fixed.state_dict())
 
 
-def test_cross_only_joint_attention_sees_the_other_modality_only() -> None:
-    from avdit_cli.models.adapters import cross_modal_mask
+def cross_modal_mask(n_video: int, n_audio: int) -> torch.Tensor:
+    """(n, n) additive scores: 0 between a video and an audio token, -inf within one modality (the full-attention
+    form of the cross-only joint block, which computes the two cross blocks alone)."""
+    video = torch.arange(n_video + n_audio) < n_video
+    same = video[:, None] == video[None, :]
+    return torch.zeros(same.shape).masked_fill(same, float("-inf"))
 
-    mask = cross_modal_mask(3, 2, torch.device("cpu"))[0, 0]
-    assert mask.shape == (5, 5)
-    assert torch.isinf(mask[:3, :3]).all() and torch.isinf(mask[3:, 3:]).all()
-    assert (mask[:3, 3:] == 0).all() and (mask[3:, :3] == 0).all()
-    # with it, a video input change reaches the audio only through the joint block, and audio tokens do not mix
+
+def test_attention_in_blocks_equals_the_masked_full_attention() -> None:
+    block = random_backbone(tiny_cfg()).blocks[0]
+    g = torch.Generator().manual_seed(5)
+    h, time_bias = torch.randn(2, 10, 32, generator=g), torch.randn(1, 2, 10, 10, generator=g)
+    full = block.attention(h, bias=time_bias + cross_modal_mask(6, 4))
+    v, a = slice(0, 6), slice(6, None)
+    pairs = [(v, a, time_bias[..., v, a]), (a, v, time_bias[..., a, v])]
+    torch.testing.assert_close(block.attention(h, pairs=pairs), full, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(block.attention(h, pairs=pairs[1:]), full[:, 6:], atol=1e-6, rtol=1e-5)
+    no_bias = [(v, a, None), (a, v, None)]
+    torch.testing.assert_close(block.attention(h, pairs=no_bias), block.attention(h, bias=cross_modal_mask(6, 4)),
+                               atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        block.attention(h, bias=time_bias, pairs=pairs)
+
+
+def test_time_bias_of_a_block_is_that_block_of_the_full_bias() -> None:
+    adapter = build(joint_after=(-1,)).joint["1"]
+    times = torch.cat([torch.arange(3.0).repeat_interleave(4), torch.linspace(0, 2, 5)])
+    full = adapter.time_score_bias(times)
+    torch.testing.assert_close(adapter.time_score_bias(times[12:], times[:12]), full[..., 12:, :12])
+
+
+def joint_block_inputs(b: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """A joint block's inputs for the test model (d = 32): 3 frames x 16 video tokens, 8 audio tokens, one
+    conditioning vector per clip, and the tokens' times in frames."""
+    g = torch.Generator().manual_seed(seed)
+    xv, xa, c = torch.randn(b, 3 * 16, 32, generator=g), torch.randn(b, 8, 32, generator=g), torch.randn(b, 32, generator=g)
+    return xv, xa, c, torch.cat([torch.arange(3.0).repeat_interleave(16), torch.linspace(0, 2, 8)])
+
+
+@pytest.mark.parametrize("video_out", [True, False])
+def test_cross_only_joint_block_equals_the_masked_full_attention(video_out: bool) -> None:
+    """The joint block's two cross blocks (with the time rotary and the time bias) give what the full attention
+    over all its tokens gives with the pairs within a modality masked, for the audio-only call too."""
+    model = build(joint_after=(-1,), joint_cross_only=True, joint_time_rope=True).eval()
+    randomize_adapters(model, scale=0.5)
+    adapter, block = model.joint["1"], model.backbone.blocks[1]
+    xv, xa, c, times = joint_block_inputs(b=2, seed=4)
+    with torch.no_grad():
+        got = adapter(block, xv, xa, c, c, times, video_out=video_out)
+        full = block.attention
+
+        def masked(h, lora=None, rotary=None, bias=None, queries=None, pairs=None):  # type: ignore[no-untyped-def]
+            mask = cross_modal_mask(xv.shape[1], xa.shape[1])
+            return full(h, lora, rotary, mask if bias is None else bias + mask, queries=queries)
+
+        block.attention = masked  # type: ignore[method-assign]
+        adapter.cross_only = False
+        try:
+            want = adapter(block, xv, xa, c, c, times, video_out=video_out)
+        finally:
+            del block.attention
+            adapter.cross_only = True
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert (got[1] - xa).abs().max() > 1e-3  # the block did something to the sound
+
+
+def test_cross_only_joint_attention_sees_the_other_modality_only() -> None:
+    # a video input change reaches the audio only through the joint block, and audio tokens do not mix
     # among themselves there: changing one clip's audio leaves the joint block's audio branch unmoved (its
     # attention reads video only) as long as the video is the same
     model = build(joint_after=(-1,), joint_cross_only=True).eval()
     randomize_adapters(model, scale=0.5)
     adapter, block = model.joint["1"], model.backbone.blocks[1]
-    g = torch.Generator().manual_seed(3)
-    xv, xa, c = torch.randn(1, 3 * 16, 32, generator=g), torch.randn(1, 8, 32, generator=g), torch.randn(1, 32, generator=g)
-    times = torch.cat([torch.arange(3.0).repeat_interleave(16), torch.linspace(0, 2, 8)])
+    xv, xa, c, times = joint_block_inputs(b=1, seed=3)
     with torch.no_grad():
         _, a1 = adapter(block, xv, xa, c, c, times)
         xa2 = xa.clone()
@@ -408,8 +467,8 @@ def test_video_stream_cache_is_exact(overrides: dict) -> None:
 
 
 @pytest.mark.parametrize("overrides", [dict(joint_after=(0,)), dict(joint_after=(-1,)), dict(joint_after=(0, 1)),
-                                       dict(joint=False)],
-                         ids=["joint-first", "joint-last", "two-joint", "no-joint"])
+                                       dict(joint=False), dict(joint_after=(-1,), joint_cross_only=True)],
+                         ids=["joint-first", "joint-last", "two-joint", "no-joint", "cross-only"])
 def test_audio_only_calls_give_the_same_sound(overrides: dict) -> None:
     """With given frames the sound stage skips what only the frames' output needs: the video queries of the last
     joint block, the video blocks after it, the video final layer."""

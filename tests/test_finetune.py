@@ -155,8 +155,34 @@ def test_sigint_saves_and_resume_matches(env: Env, full: FinetuneResult) -> None
     assert 3 <= ckpt.step < N_STEPS, out
     assert len(read_metrics(run)) == ckpt.step
     assert "interrupted" in out
+    # the tiny preset's EMA (0.99) is still mostly its start this early: said again at the stop
+    assert f"the initial weights at step {ckpt.step} (train.ema_decay=0.99)" in out.replace("\n", " "), out
     finetune(env.cfg(f"train.steps={N_STEPS}"), resume=run)
     assert_same_run(full.run_dir, run)
+
+
+def test_ema_warmup_resumes_exactly_and_the_start_share_is_noted(env: Env) -> None:
+    """Update n's decay comes from the step, so a resumed warmup run equals an uninterrupted one; a plan whose
+    EMA would still be mostly the initial weights is said before training, and a run stopped early says it."""
+    whole, notes = env.root / "runs" / "ema_whole", []
+    finetune(env.cfg("train.steps=6", "train.ema_warmup=true"), cache_dir=env.cache, run_dir=whole,
+             on_log=notes.append)
+    assert not [n for n in notes if "EMA" in n]  # warmup: nothing of the start is left to note
+    split = env.root / "runs" / "ema_split"
+    finetune(env.cfg("train.steps=3", "train.ema_warmup=true"), cache_dir=env.cache, run_dir=split)
+    finetune(env.cfg("train.steps=6", "train.ema_warmup=true"), resume=split)
+    assert_same_run(whole, split)
+    plain = load_checkpoint(whole).ema
+    one = finetune(env.cfg("train.steps=1", "train.ema_warmup=true"), cache_dir=env.cache,
+                   run_dir=env.root / "runs" / "ema_one")
+    ckpt = load_checkpoint(one.run_dir)  # update 0 has decay 0: the EMA is the weights after step 1
+    for k, v in ckpt.ema.items():
+        torch.testing.assert_close(v, ckpt.model[k].float(), rtol=0, atol=0, msg=k)
+    notes = []
+    finetune(env.cfg("train.steps=6", "train.ema_decay=0.999"), cache_dir=env.cache,
+             run_dir=env.root / "runs" / "ema_plain", on_log=notes.append)
+    assert [n for n in notes if "will still be 99% the initial weights after train.steps=6" in n and "ema_warmup" in n], notes
+    assert any((plain[k] - v).abs().max() > 1e-4 for k, v in load_checkpoint(env.root / "runs" / "ema_plain").ema.items())
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------
@@ -503,3 +529,29 @@ def test_given_video_runs_end_to_end_and_needs_independent_timesteps(env: Env, t
                               "train.steps=3"), cache_dir=env.cache, run_dir=tmp_path / "run")
     rows = read_metrics(result.run_dir)
     assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_gpu_lease_script_stops_twins_by_deadline_and_packs_them_at_a_common_step(env: Env, tmp_path: Path) -> None:
+    """scripts/gpu_demo_models.py on a CPU with a short deadline: both runs are stopped by SIGTERM (exit 130), and
+    the joint and no-joint twins are packed at the same checkpoint step, trained with the EMA warmup."""
+    import tarfile
+
+    out = tmp_path / "out"
+    sets = [kv for kv in SMALL if not kv.startswith("train.checkpoint_every")]
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "gpu_demo_models.py"),
+           "--cache", str(env.cache), "--out", str(out), "--work", str(tmp_path / "work"), "--seconds", "25",
+           "--pretrain-seconds", "0", "--seeds", "0", "--device", "cpu", "--every", "1", "--batch", "4",
+           "--backbone", str(env.backbone), "--check-after", "15", *[a for kv in sets for a in ("--set", kv)]]
+    proc = subprocess.run(cmd, env=env.sub_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(summary["jobs"][n]["exit"] == 130 for n in ("A0j", "A0n")), summary
+    step = summary["packed"]["A0"][-1]
+    assert step >= 1 and step <= min(summary["jobs"][n]["checkpoints"][-1] for n in ("A0j", "A0n"))
+    with tarfile.open(out / "A0.tar") as tar:
+        names = tar.getnames()
+        state = json.load(tar.extractfile(f"A0j/checkpoints/step_{step:08d}/state.json"))  # type: ignore[arg-type]
+    for name in ("A0j", "A0n"):
+        assert f"{name}/checkpoints/step_{step:08d}/trainable.safetensors" in names
+        assert f"{name}/metrics.jsonl" in names and f"{name}/train.log" in names
+    assert state["config"]["train"]["ema_warmup"] is True and state["config"]["model"]["joint"] is True

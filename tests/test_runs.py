@@ -187,7 +187,7 @@ def test_ema() -> None:
     with torch.no_grad():
         for p in named.values():
             p.add_(4.0)
-    ema.update()
+    ema.update(0)
     for k, p in named.items():
         torch.testing.assert_close(ema.shadow[k], 0.75 * start[k] + 0.25 * p.detach())
     other = EMA(params(1), decay=0.75)
@@ -197,6 +197,30 @@ def test_ema() -> None:
         other.load_state_dict({"a.weight": torch.zeros(3, 4)})
     with pytest.raises(KeyError):
         other.load_state_dict({"a.weight": torch.zeros(3, 4), "b.bias": torch.zeros(6)})
+
+
+def test_ema_warmup_follows_the_diffusers_rule_and_forgets_the_start() -> None:
+    named = params()
+    ema = EMA(named, decay=0.75, warmup=True)
+    # diffusers' EMAModel: 0 for the first update, then min(decay, (1 + n) / (10 + n))
+    assert [ema.decay_at(n) for n in (0, 1, 20, 30)] == [0.0, 2 / 11, 0.7, 0.75]
+    with torch.no_grad():
+        for p in named.values():
+            p.add_(4.0)
+    ema.update(0)  # the first update replaces the start with the weights
+    for k, p in named.items():
+        torch.testing.assert_close(ema.shadow[k], p.detach())
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        for p in named.values():
+            p.add_(1.0)
+    ema.update(1)
+    for k, p in named.items():
+        torch.testing.assert_close(ema.shadow[k], 2 / 11 * before[k] + 9 / 11 * p.detach())
+    assert ema.initial_share(0) == 1.0 and ema.initial_share(3) == 0.0
+    plain = EMA(params(), decay=0.9995)
+    assert plain.decay_at(0) == plain.decay_at(5) == 0.9995
+    assert plain.initial_share(2000) == pytest.approx(0.9995 ** 2000)
 
 
 def test_resume_refuses_changes_that_would_alter_the_data_order(tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def finetune(
     n_total = sum(p.numel() for p in model.parameters())
     log(f"parameters: {n_train:,} trainable of {n_total:,} ({100 * n_train / max(1, n_total):.2f}%)")
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    ema = EMA(trainable, cfg.train.ema_decay)
+    ema = EMA(trainable, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
     start = 0
     if ckpt is not None:
         _restore(ckpt, cfg, model, ema, optimizer, backbone_ref)
@@ -244,6 +244,8 @@ def finetune(
         if cfg.train.lr_schedule is LrSchedule.COSINE and ckpt.config.train.steps != cfg.train.steps:
             log("note: the cosine schedule spans train.steps, which changed: the lr curve differs from the "
                 "one the run started on")
+    if start == 0 < cfg.train.steps:  # a new run (a resumed one may have had other EMA settings before)
+        ema_note(ema, cfg.train.steps, log, planned=True)
     if start >= cfg.train.steps:
         log(f"nothing to do: the run is at step {start} of train.steps={cfg.train.steps} "
             "(--set train.steps=N to train longer)")
@@ -319,7 +321,7 @@ def finetune(
                         f"checkpoint is {last_ckpt or 'none (no checkpoint yet)'}; check the data or lower train.lr, "
                         "then --resume")
                 optimizer.step()
-                ema.update()
+                ema.update(step)
                 step += 1
                 clips_since += global_batch
                 logged = step % cfg.train.log_every == 0 or step == cfg.train.steps or step == 1
@@ -341,6 +343,8 @@ def finetune(
                 if stop_any:
                     interrupted = True
                     log(f"stopped at step {step} on request; checkpoint {last_ckpt}")
+                    if start == 0:
+                        ema_note(ema, step, log, planned=False)
                     break
     except BaseException:
         if created and step == start and ctx.is_main and run_dir is not None:
@@ -352,6 +356,21 @@ def finetune(
     ctx.barrier()
     return FinetuneResult(run_dir=run_dir, step=step, interrupted=interrupted, checkpoint=last_ckpt,
                           history=history, model=model)
+
+
+EMA_NOTE_SHARE = 0.05  # above this share of the initial weights in the EMA, finetune says so
+
+
+def ema_note(ema: EMA, steps: int, log: Callable[[str], None], planned: bool) -> None:
+    """Say when the EMA (what export, generate and the demo use) would still be more than 5 % the initial
+    weights after `steps` updates of a new run: a short run, or one stopped early, with a decay meant for a long
+    one. (With train.ema_warmup the first update replaces the start: never.)"""
+    share = ema.initial_share(steps)
+    if share > EMA_NOTE_SHARE:
+        when = f"will still be {share:.0%} the initial weights after train.steps={steps}" if planned else \
+            f"are still {share:.0%} the initial weights at step {steps}"
+        log(f"note: the EMA weights {when} (train.ema_decay="
+            f"{ema.decay:g}); set train.ema_warmup=true, lower train.ema_decay or train longer")
 
 
 def _check_resume(ckpt: Checkpoint, cfg: Config) -> None:

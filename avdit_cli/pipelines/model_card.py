@@ -105,7 +105,8 @@ def _training(c: CardInputs) -> str:
         ("batch", f"{t.batch_size} clips x {t.grad_accum} accumulation x {world} process(es)"),
         ("optimiser", f"AdamW, lr {t.lr:g}, weight decay {t.weight_decay:g}, {t.lr_schedule.value} schedule, "
                       f"{t.warmup_steps} warmup steps, gradient clip {t.grad_clip:g}"),
-        ("EMA", f"decay {t.ema_decay:g}; this repo holds the **{c.adapters.get('weights', 'ema')}** weights"),
+        ("EMA", f"decay {t.ema_decay:g}{' with diffusers warmup (0, then min(decay, (1+n)/(10+n)))' if t.ema_warmup else ''}; "
+                f"this repo holds the **{c.adapters.get('weights', 'ema')}** weights"),
         ("precision, seed", f"{t.precision.value}, {t.seed}"),
         ("clips", f"{d.num_frames} frames at {d.fps:g} fps, {d.frame_size}x{d.frame_size}, "
                   f"{d.clip_samples / d.sample_rate:g} s of {d.sample_rate} Hz mono audio"),

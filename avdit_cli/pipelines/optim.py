@@ -25,20 +25,37 @@ class EMA:
     """Exponential moving average of named parameters, kept in float32 beside the model.
 
     The EMA starts equal to the initial weights and is updated after every optimiser step:
-    ``ema = decay * ema + (1 - decay) * param``.
+    ``ema = decay_n * ema + (1 - decay_n) * param``, with ``decay_n = decay``, or with ``warmup`` the rule of
+    diffusers' ``EMAModel`` (``use_ema_warmup=False``): 0 for the first update (the EMA becomes the weights),
+    then ``min(decay, (1 + n) / (10 + n))`` for update n (0-based), so early updates average rather than decay.
+    Without it the initial weights keep ``decay^n`` of the average after n updates.
     """
 
-    def __init__(self, named: dict[str, nn.Parameter], decay: float) -> None:
+    def __init__(self, named: dict[str, nn.Parameter], decay: float, warmup: bool = False) -> None:
         self.decay = decay
+        self.warmup = warmup
         self.params = named
         self.shadow = {k: p.detach().float().clone() for k, p in named.items()}
 
+    def decay_at(self, n: int) -> float:
+        """The decay of update n (0-based): what is kept of the average so far."""
+        if not self.warmup:
+            return self.decay
+        return 0.0 if n <= 0 else min(self.decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, n: int) -> None:
+        """Update n (0-based; the optimiser step just taken, so a resumed run continues the same decays)."""
         keys = list(self.params)
         # One fused call over all tensors (the trainable set is hundreds of small tensors).
         torch._foreach_lerp_([self.shadow[k] for k in keys], [self.params[k].detach().float() for k in keys],
-                             1.0 - self.decay)
+                             1.0 - self.decay_at(n))
+
+    def initial_share(self, steps: int) -> float:
+        """The weight the initial parameters still have in the average after `steps` updates."""
+        if not self.warmup:
+            return self.decay ** steps
+        return 1.0 if steps <= 0 else 0.0  # the first warmup update replaces the start
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
