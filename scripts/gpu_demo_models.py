@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout, avdit installed or not (as on a lent GPU machine)
+from avdit_cli.pipelines.runs import checkpoint_steps, read_metrics  # noqa: E402
+
 SHIPPED = ROOT / "avdit_cli" / "assets" / "tiny-dit"
 
 # The shipped models' recipe (scripts/make_demo_models.sh, step 3) with a GPU's batch and a constant lr, so a
@@ -100,22 +103,8 @@ class Job:
         code = self.proc.poll()
         return code is not None and code != 0 and not self.termed
 
-    def rows(self) -> list[dict]:
-        """metrics.jsonl's rows (a line being written is skipped)."""
-        try:
-            lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
-        except OSError:
-            return []
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-        return rows
-
     def last_row(self) -> dict:
-        rows = self.rows()
+        rows = read_metrics(self.run_dir)
         return rows[-1] if rows else {}
 
     def tail(self, n: int = 15) -> str:
@@ -132,8 +121,8 @@ def gpu_load() -> str:
 
 
 def steps_saved(run_dir: Path) -> list[int]:
-    root = run_dir / "checkpoints"
-    return sorted(int(p.name.split("_")[1]) for p in root.glob("step_*")) if root.exists() else []
+    """The steps of a run's complete checkpoints, in order."""
+    return sorted(checkpoint_steps(run_dir))
 
 
 def pack(out: Path, stream: str, jobs: list[Job], extra: list[Path], summary: dict, every: int) -> None:
@@ -254,7 +243,7 @@ def supervise(args: argparse.Namespace, jobs: dict[str, Job], adapter: list[str]
                                           end, runs, logs)
         if now - last_print > 30:
             last_print = now
-            row = {n: (j.last_row().get("step"), j.last_row().get("clips_per_s")) for n, j in jobs.items()}
+            row = {n: (r.get("step"), r.get("clips_per_s")) for n, r in ((n, j.last_row()) for n, j in jobs.items())}
             print(f"== {now - t0:.0f} s: (step, clips/s) {row}; GPU {gpu_load()}", flush=True)
         if not b_pending and all(job.proc.poll() is not None for job in jobs.values()):
             return 0
@@ -264,7 +253,7 @@ def supervise(args: argparse.Namespace, jobs: dict[str, Job], adapter: list[str]
 def finish(args: argparse.Namespace, jobs: dict[str, Job], runs: Path, logs: Path, summary: dict, t0: float) -> None:
     """OUT/summary.json, OUT/logs.tar and a tar per stream of what the runs saved."""
     for name, job in jobs.items():
-        rows = job.rows()
+        rows = read_metrics(job.run_dir)
         rates = [r["clips_per_s"] for r in rows[1:]]
         summary["jobs"][name] = {"exit": job.proc.returncode, "seconds": round((job.ended or time.time()) - job.started),
                                  "last_step": rows[-1]["step"] if rows else 0,

@@ -409,9 +409,10 @@ def test_cross_only_joint_block_equals_the_masked_full_attention(video_out: bool
         got = adapter(block, xv, xa, c, c, times, video_out=video_out)
         full = block.attention
 
-        def masked(h, lora=None, rotary=None, bias=None, queries=None, pairs=None):  # type: ignore[no-untyped-def]
-            mask = cross_modal_mask(xv.shape[1], xa.shape[1])
-            return full(h, lora, rotary, mask if bias is None else bias + mask, queries=queries)
+        def masked(h, lora=None, rotary=None, bias=None, pairs=None):  # type: ignore[no-untyped-def]
+            mask = cross_modal_mask(xv.shape[1], xa.shape[1])  # added to the blocks the full attention uses
+            return full(h, lora, rotary, pairs=[(q, k, mask[q, k] if b is None else b + mask[q, k])
+                                                for q, k, b in pairs])
 
         block.attention = masked  # type: ignore[method-assign]
         adapter.cross_only = False
@@ -493,7 +494,7 @@ def test_joint_attention_of_a_query_subset_is_those_rows() -> None:
     h = torch.randn(2, 10, 32)
     bias = torch.randn(1, 2, 10, 10)
     full = block.attention(h, bias=bias)
-    part = block.attention(h, bias=bias, queries=slice(6, None))
+    part = block.attention(h, pairs=[(slice(6, None), slice(None), bias[..., 6:, :])])
     assert part.shape == (2, 4, 32) and torch.allclose(part, full[:, 6:], atol=1e-6)
 
 

@@ -188,20 +188,19 @@ class JointBlockAdapter(nn.Module):
         if times is not None and self.time_rope:
             rotary = TimeRotary(times, xv.shape[-1] // self.num_heads)
         timed = times is not None and self.time_slopes is not None
-        h = torch.cat([hv, ha], dim=1)
         nv = xv.shape[1]
+        v_, a_, every = slice(0, nv), slice(nv, None), slice(None)
+        # (queries, keys) blocks of scores. Cross-only: video queries x audio keys and audio x video, instead of
+        # all (n, n) with -inf within a modality, the same result with 2 n_v n_a scores rather than
+        # (n_v + n_a)^2 (about a quarter for the tiny preset's 1024 + 160 tokens). Else every token x every
+        # token. video_out=False: the audio queries alone (n_a rows of scores).
         if self.cross_only:
-            # Two blocks of scores, video queries x audio keys and audio x video, instead of all (n, n) with
-            # -inf within a modality: the same result with 2 n_v n_a scores rather than (n_v + n_a)^2 (about a
-            # quarter for the tiny preset's 1024 + 160 tokens). Given frames need the audio queries alone.
-            v_, a_ = slice(0, nv), slice(nv, None)
-            pairs = [(q, k, self.time_score_bias(times[q], times[k]) if timed else None)  # type: ignore[index]
-                     for q, k in ([(v_, a_)] if video_out else []) + [(a_, v_)]]
-            o = block.attention(h, lora, rotary, pairs=pairs)
+            blocks = ([(v_, a_)] if video_out else []) + [(a_, v_)]
         else:
-            bias = self.time_score_bias(times) if timed else None  # type: ignore[arg-type]
-            # video_out=False: the audio queries alone, n_a rows of scores instead of f*n_v + n_a
-            o = block.attention(h, lora, rotary, bias, queries=None if video_out else slice(nv, None))
+            blocks = [(every if video_out else a_, every)]
+        pairs = [(q, k, self.time_score_bias(times[q], times[k]) if timed else None)  # type: ignore[index]
+                 for q, k in blocks]
+        o = block.attention(torch.cat([hv, ha], dim=1), lora, rotary, pairs=pairs)
         if not video_out:  # o (b, n_a, d): the audio tokens' alone
             xa = xa + self.attn_gate[1] * (sa[2] * o)
             oa = block.feed_forward(modulate(block.norm2(xa), sa[3], sa[4]), lora)

@@ -178,22 +178,20 @@ class DiTBlock(nn.Module):
 
     def attention(self, h: Tensor, lora: Mapping[str, nn.Module] | None = None,
                   rotary: Callable[[Tensor], Tensor] | None = None, bias: Tensor | None = None,
-                  queries: slice | None = None,
                   pairs: Sequence[tuple[slice, slice, Tensor | None]] | None = None) -> Tensor:
         """Self-attention over the tokens of (b, n, d), via SDPA. For the AV-DiT joint block: ``rotary``
         (optional) rotates the queries and keys (b, heads, n, e) before the dot products; ``bias`` (optional,
-        broadcastable to (b, heads, n, n)) is added to the attention scores; ``queries`` (optional) keeps only
-        those tokens' outputs, (b, n_q, d): every token is still a key, but no other row is computed.
+        broadcastable to (b, heads, n, n)) is added to the attention scores.
 
-        ``pairs`` (optional, instead of ``bias`` and ``queries``): attention in blocks, each (query slice, key
-        slice, bias broadcastable to (b, heads, n_q, n_k) or None) one SDPA call over those keys alone; the
-        outputs are concatenated in the order given, (b, sum of n_q, d). The same result as one call whose
-        bias is -inf outside the blocks, without computing (or storing) the scores that would be masked."""
+        ``pairs`` (optional, instead of ``bias``): attention in blocks, each (query slice, key slice, bias
+        broadcastable to (b, heads, n_q, n_k) or None) one SDPA call over those keys alone; the outputs are
+        concatenated in the order given, (b, sum of n_q, d). The same result as one call whose bias is -inf
+        outside the blocks, without computing (or storing) the scores that would be masked; one block of some
+        queries against every key gives just those queries' rows."""
         qkv_delta, proj_delta = _pick(lora, "qkv"), _pick(lora, "proj")
-        if pairs is not None and (bias is not None or queries is not None):
-            raise ValueError("attention: give pairs, or bias / queries, not both")
-        if (qkv_delta is None and proj_delta is None and rotary is None and bias is None and queries is None
-                and pairs is None):
+        if pairs is not None and bias is not None:
+            raise ValueError("attention: give pairs, or bias, not both")
+        if qkv_delta is None and proj_delta is None and rotary is None and bias is None and pairs is None:
             return self.attn(h)
         # The same computation as timm's Attention.forward, with the LoRA deltas added to qkv and proj.
         attn = self.attn
@@ -201,15 +199,10 @@ class DiTBlock(nn.Module):
         q, k, v = rearrange(qkv, "b n (three heads e) -> three b heads n e", three=3, heads=attn.num_heads)
         if rotary is not None:
             q, k = rotary(q), rotary(k)
-        if pairs is not None:
-            o = torch.cat([F.scaled_dot_product_attention(q[:, :, qs], k[:, :, ks], v[:, :, ks],
-                                                          attn_mask=None if b is None else b.to(q.dtype))
-                           for qs, ks, b in pairs], dim=2)
-        else:
-            if queries is not None:
-                q = q[:, :, queries]
-                bias = None if bias is None else bias[..., queries, :]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
+        every = slice(None)
+        o = torch.cat([F.scaled_dot_product_attention(q[:, :, qs], k[:, :, ks], v[:, :, ks],
+                                                      attn_mask=None if b is None else b.to(q.dtype))
+                       for qs, ks, b in (pairs if pairs is not None else [(every, every, bias)])], dim=2)
         o = rearrange(o, "b heads n e -> b n (heads e)")
         return _lora_linear(attn.proj, o, proj_delta)
 

@@ -184,6 +184,8 @@ def shipped_or_path(run: str | Path) -> Path:
     """``shipped`` / ``shipped-no-joint``: the packaged demo model with / without the joint block (see
     :func:`shipped_run`); anything else is a run, checkpoint or exported-model folder."""
     return shipped_run(str(run) != "shipped-no-joint") if str(run) in ("shipped", "shipped-no-joint") else Path(run)
+
+
 FALLBACK_PRETRAIN_STEPS = 400
 
 
