@@ -6,6 +6,7 @@ on CPUs. A plain single process gets a context with rank 0 of 1 and no-op collec
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -83,7 +84,15 @@ def dist_context() -> DistContext:
         if use_nccl:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(minutes=30))
+        # Torn down before the interpreter exits: a group left to die with the process can abort a rank at exit
+        # (gloo: "terminate called without an active exception", SIGABRT) after the run itself succeeded.
+        atexit.register(_destroy_process_group)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str | None, ctx: DistContext | None = None) -> torch.device:
