@@ -138,13 +138,23 @@ class ModelConfig:
     # The joint block's attention only across modalities (video tokens attend to audio tokens and back), so it
     # cannot become extra self-attention of one modality (adapters.JointBlockAdapter).
     joint_cross_only: bool = False
-    # A trainable class table (zero-initialised offset) for class-conditional fine-tuning (Landscape).
+    # Condition on the cache's class labels (a cache made with data.class_folders): each label indexes the DiT's
+    # own class table, trained in pretrain mode and frozen in finetune mode, as DiT-XL/2's ImageNet classes are.
+    # Labels are dropped to the null class with probability train.class_dropout, for classifier-free guidance.
+    class_conditional: bool = False
+    # A trainable class table (zero-initialised offset) for class-conditional fine-tuning (Landscape); it
+    # implies class_conditional.
     trainable_class_table: bool = False
     grad_checkpointing: bool = False
 
     @property
     def out_channels_factor(self) -> int:
         return 2 if self.learn_sigma else 1
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether training feeds the cache's class labels and sampling draws a class per clip."""
+        return self.num_classes > 0 and (self.class_conditional or self.trainable_class_table)
 
 
 @dataclass(frozen=True)
@@ -272,6 +282,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 4
     class_dropout: float = 0.1  # label dropout for classifier-free guidance (class-conditional runs only)
+    # Pretrain mode only: start from this DiT (a folder or file DiT.from_pretrained reads) instead of random
+    # weights. A class table with fewer classes than model.num_classes is grown: each new class starts at the
+    # null class's row, so the model starts as the one it was and learns what the labels add.
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -463,6 +477,11 @@ def validate(cfg: Config) -> None:
         _fail("train.warmup_steps", t.warmup_steps, "an integer >= 0")
     if not 0 <= t.class_dropout < 1:
         _fail("train.class_dropout", t.class_dropout, "a number in [0, 1)")
+    if t.init_from and t.mode is not TrainMode.PRETRAIN:
+        _fail("train.init_from", t.init_from, "unset outside train.mode=pretrain (finetune and full start "
+              "from model.backbone_path)")
+    if (m.class_conditional or m.trainable_class_table) and m.num_classes == 0:
+        _fail("model.num_classes", m.num_classes, "the number of classes (> 0) for a class-conditional model")
     if t.num_workers < 0:
         _fail("train.num_workers", t.num_workers, "an integer >= 0")
     if s.steps > df.num_timesteps:

@@ -38,6 +38,13 @@ def test_short_demo_runs_every_stage(short_demo: tuple[Path, object]) -> None:
     # the demo downloads nothing: the extractor-based metrics say how to get them
     assert "avdit download --only eval" in report["eval_metrics"]["fvd"]["reason"]
     assert set(report["seconds"]) >= {"dataset", "preprocess", "pretrain", "finetune", "generate", "eval"}
+    # the data sit in colour-class folders and every model is conditioned on the class; each clip draws one
+    from avdit_cli.data.synthetic import colour_classes
+
+    folders = {p.parent.name for p in (out / "data").rglob("*.mp4")}
+    assert folders and folders <= set(colour_classes())
+    samples = json.loads((out / "samples" / "samples.json").read_text())["samples"]
+    assert all(s["class_name"] in folders for s in samples)
 
 
 def test_real_clips_are_in_sync_and_shuffled_ones_are_not(short_demo: tuple[Path, object]) -> None:
@@ -65,17 +72,20 @@ def test_demo_cli_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
 
 
 def test_the_shipped_tiny_backbone_loads_and_fits_the_tiny_preset() -> None:
-    from avdit_cli.config import load_preset
+    from avdit_cli.data.synthetic import colour_classes
     from avdit_cli.models import AVDiT, DiT
-    from avdit_cli.pipelines.demo import SHIPPED_BACKBONE, shipped_backbone
+    from avdit_cli.models.dit_loading import read_class_names
+    from avdit_cli.pipelines.demo import SHIPPED_BACKBONE, demo_config, shipped_backbone
 
-    cfg = load_preset("tiny")
+    cfg = demo_config(DemoOptions(out_dir=Path("unused")))  # the tiny preset, class-conditional on the colours
     assert shipped_backbone(cfg) == SHIPPED_BACKBONE
-    assert shipped_backbone(load_preset("tiny", ["model.depth=2"])) is None  # another size: the demo pretrains
+    assert shipped_backbone(cfg.replace(**{"model.depth": 2})) is None  # another size: the demo pretrains
+    assert shipped_backbone(cfg.replace(**{"model.num_classes": 0})) is None  # an unconditional one
     dit, report = DiT.from_pretrained(SHIPPED_BACKBONE, output_loading_info=True)
     assert report.format == "diffusers-safetensors"
+    assert read_class_names(SHIPPED_BACKBONE) == colour_classes()  # row i is the i-th colour class
     model = AVDiT.from_config(cfg, backbone=dit)
-    assert sum(p.numel() for p in model.backbone.parameters()) == 330_136
+    assert sum(p.numel() for p in model.backbone.parameters()) == 330_136 + 21 * 64  # + a row per class
     provenance = json.loads((SHIPPED_BACKBONE / "provenance.json").read_text())
     assert any("--pretrain" in step for step in provenance["made_with"])
 

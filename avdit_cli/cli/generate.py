@@ -43,8 +43,12 @@ def generate(
              "first, so it is drawn after the frames before it (runs trained with diffusion.frame_stagger_prob; "
              "(1 + SPREAD) x the steps; 0 = off) (default: the run's sample setting)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0.0,
-                                              help="Guidance scale (class-conditional runs)."),
-    class_id: Optional[int] = typer.Option(None, "--class", min=0, help="Class id (class-conditional runs)."),
+                                              help="Classifier-free guidance scale towards each clip's class "
+                                                   "(class-conditional runs; default: the run's sample.cfg_scale)."),
+    class_id: Optional[int] = typer.Option(None, "--class", min=0,
+                                           help="Class id, the row of the run's class names (class-conditional "
+                                                "runs; default: each clip's class drawn from the training clips' "
+                                                "class frequencies, seeded)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sample i uses seed + i (default: the run's sample.seed)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Clips per sampler batch."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: best)"),

@@ -221,6 +221,19 @@ class LatentCache(Dataset):
         self.seed = seed
         self.epoch = 0
         self._handles: dict[int, Any] = {}
+        self.label_map: list[int] | None = None  # cache label -> model class id (relabel)
+
+    def relabel(self, table: Sequence[str]) -> list[int]:
+        """Give labels as indices into `table` (a model's class names) instead of the cache's own class list, so
+        a cache that lacks some classes still means the same classes as the model. Returns the map; raises
+        DataError when the cache has a class `table` lacks."""
+        names = list(self.manifest.get("classes") or [])
+        missing = [n for n in names if n not in table]
+        if missing:
+            raise DataError(f"the cache at {self.cache_dir} has classes the model has no row for ({', '.join(missing[:3])});"
+                            " train on a cache of the model's classes, or pretrain a backbone with them")
+        self.label_map = [list(table).index(n) for n in names]
+        return self.label_map
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -254,11 +267,17 @@ class LatentCache(Dataset):
         return {
             "video": video.float(),
             "audio": audio.float(),
-            "label": torch.tensor(clip.get("label", -1), dtype=torch.int64),
+            "label": torch.tensor(self._label(clip), dtype=torch.int64),
             "audio_ok": torch.tensor(audio_ok(clip)),
             "index": torch.tensor(i, dtype=torch.int64),
         }
 
+
+    def _label(self, clip: dict[str, Any]) -> int:
+        label = int(clip.get("label", -1))
+        if label < 0 or self.label_map is None:
+            return label
+        return self.label_map[label]
 
 
 def flag_mask(flags: Sequence[str]) -> int:

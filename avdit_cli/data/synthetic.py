@@ -27,6 +27,7 @@ from avdit_cli.data.media import write_mp4
 BACKGROUND = (18, 18, 28)
 FLOOR = (58, 58, 70)
 PALETTE = ((235, 64, 52), (60, 205, 90), (70, 130, 250), (245, 205, 40), (210, 80, 225), (40, 215, 225))
+COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")  # one per PALETTE entry
 FLOOR_HEIGHT = 0.08  # fraction of the frame below the floor line
 GRAVITY = 6.0  # frame heights / s²
 RESTITUTION = 0.85
@@ -176,10 +177,30 @@ def render_clip(rng: np.random.Generator, seconds: float = 4.0, size: int = 64, 
                          impacts=tuple(impacts))
 
 
-def _write_one(out: Path, i: int, seed: int, seconds: float, size: int, fps: float, sample_rate: int) -> Path:
+def colour_class(colours: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...]) -> str:
+    """A clip's class: the names of its balls' colours in palette order, joined by ``+`` (``"red+blue"``).
+
+    What an image label says about the demo's frames (which colours are in view), as a Landscape folder name
+    says what a scene shows. 6 one-ball and 15 two-ball classes: :func:`colour_classes`.
+    """
+    return "+".join(COLOUR_NAMES[i] for i in sorted(PALETTE.index(tuple(c)) for c in colours))
+
+
+def colour_classes() -> list[str]:
+    """All 21 classes of :func:`colour_class`, sorted by name as `avdit preprocess` numbers a folder's classes."""
+    n = len(PALETTE)
+    single = [colour_class([PALETTE[i]]) for i in range(n)]
+    pairs = [colour_class([PALETTE[i], PALETTE[j]]) for i in range(n) for j in range(i + 1, n)]
+    return sorted(single + pairs)
+
+
+def _write_one(out: Path, i: int, seed: int, seconds: float, size: int, fps: float, sample_rate: int,
+               class_folders: bool) -> Path:
     rng = np.random.default_rng([seed, i])
     clip = render_clip(rng, seconds=seconds, size=size, fps=fps, sample_rate=sample_rate)
-    path = write_mp4(out / f"clip_{i:04d}.mp4", clip.frames, clip.audio, fps=fps, sample_rate=sample_rate)
+    folder = out / colour_class([b.colour for b in clip.balls]) if class_folders else out
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_mp4(folder / f"clip_{i:04d}.mp4", clip.frames, clip.audio, fps=fps, sample_rate=sample_rate)
     sidecar = {
         "seed": seed, "index": i, "seconds": len(clip.frames) / fps, "fps": fps, "sample_rate": sample_rate,
         "size": size,
@@ -191,17 +212,21 @@ def _write_one(out: Path, i: int, seed: int, seconds: float, size: int, fps: flo
 
 
 def make_dataset(out_dir: str | Path, num_clips: int, seconds: float = 4.0, seed: int = 0, size: int = 64,
-                 fps: float = 30, sample_rate: int = 44100, workers: int | None = None) -> list[Path]:
+                 fps: float = 30, sample_rate: int = 44100, workers: int | None = None,
+                 class_folders: bool = False) -> list[Path]:
     """Write `num_clips` mp4 files (``clip_0000.mp4`` ...), each with a JSON sidecar of its true impacts.
 
     Clip i depends only on (seed, i), so the result does not depend on `workers` (threads; each runs ffmpeg)
     and a dataset can be extended or partly regenerated. size must be even (H.264 yuv420p).
+    `class_folders`: put each file in a folder named by its :func:`colour_class` (``red+blue/clip_0007.mp4``),
+    the layout `avdit preprocess` reads classes from; the files themselves are the same.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-        jobs = [pool.submit(_write_one, out, i, seed, seconds, size, fps, sample_rate) for i in range(num_clips)]
+        jobs = [pool.submit(_write_one, out, i, seed, seconds, size, fps, sample_rate, class_folders)
+                for i in range(num_clips)]
         return [job.result() for job in jobs]
 
 

@@ -30,6 +30,9 @@ from avdit_cli.fileio import atomic_save_tensors, atomic_write_json, sha256_file
 from avdit_cli.models.dit import DIT_SIZES, DiT
 
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
+# avdit's own addition beside a class-conditional backbone's weights: a JSON list, the name of each class-table
+# row (the null row excluded), so data labelled by name can be mapped to the rows it was trained on.
+CLASS_NAMES = "class_names.json"
 BIN_NAME = "diffusion_pytorch_model.bin"
 DIFFUSERS_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
 
@@ -402,3 +405,21 @@ def save_pretrained(model: DiT, folder: str | os.PathLike[str]) -> Path:
     atomic_save_tensors(out / SAFETENSORS_NAME, diffusers_state_dict(model), metadata={"format": "pt"})
     atomic_write_json(out / "config.json", diffusers_config(model))
     return out
+
+
+def read_class_names(path: str | os.PathLike[str]) -> list[str] | None:
+    """The class names saved beside a backbone (:data:`CLASS_NAMES` in its folder, or in the folder of a weights
+    file, or in a repo root's ``transformer/``), or None when it has none. Raises WeightsError on a bad file."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    for candidate in (folder / CLASS_NAMES, folder / "transformer" / CLASS_NAMES):
+        if candidate.is_file():
+            try:
+                names = json.loads(candidate.read_text())
+            except (OSError, ValueError) as err:
+                raise WeightsError(f"{candidate} is not readable JSON ({err}); restore it from the backbone's source")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise WeightsError(f"{candidate} must hold a JSON list of class names; restore it from the "
+                                   "backbone's source")
+            return names
+    return None

@@ -40,7 +40,7 @@ from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
 from avdit_cli.data.frame_stats import frame_stats
 from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score
-from avdit_cli.data.synthetic import make_dataset
+from avdit_cli.data.synthetic import colour_classes, make_dataset
 from avdit_cli.errors import ConfigError, DataError
 from avdit_cli.fileio import plain
 from avdit_cli.metrics import av_align_score
@@ -131,6 +131,11 @@ def _training_demo_config(opts: DemoOptions) -> Config:
         f"train.checkpoint_every={max(1, opts.steps)}",
         f"sample.steps={25 if opts.sample_steps is None else opts.sample_steps}",
         f"sample.seed={opts.seed}",
+        # The files sit in folders named by their balls' colours (synthetic.colour_class), and the models are
+        # conditioned on that class as DiT-XL/2 is on ImageNet's: the frame model knows which balls to draw.
+        "data.class_folders=true",
+        "model.class_conditional=true",
+        f"model.num_classes={len(colour_classes())}",
     ]
     return load_preset("tiny", base + list(opts.overrides))
 
@@ -258,7 +263,8 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     n_steps = 4 if opts.pretrained else 6
     data_dir = out / "data"
     say(f"1/{n_steps} making {opts.clips} synthetic clips of {opts.seconds:g} s in {data_dir}")
-    files = timed("dataset", lambda: make_dataset(data_dir, opts.clips, seconds=opts.seconds, seed=opts.seed))
+    files = timed("dataset", lambda: make_dataset(data_dir, opts.clips, seconds=opts.seconds, seed=opts.seed,
+                                                  class_folders=True))
     if opts.data_only:
         say(f"    {len(files)} files written; stopping there (--data-only)")
         result = DemoResult(out, [], out / "samples", None, times)
@@ -285,7 +291,8 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
                                sampler=s.sampler, steps=s.steps, reference=data_dir, order=s.order,
                                video_noise_correlation=s.video_noise_correlation,
-                               cross_modal_guidance=s.cross_modal_guidance, frame_stagger=s.frame_stagger)
+                               cross_modal_guidance=s.cross_modal_guidance, frame_stagger=s.frame_stagger,
+                               cfg_scale=s.cfg_scale if cfg.model.uses_labels else None)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")

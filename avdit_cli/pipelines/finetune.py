@@ -43,8 +43,9 @@ from avdit_cli.diffusion import Diffusion, training_losses
 from avdit_cli.diffusion.samplers import mixed_noise
 from avdit_cli.diffusion.stagger import draw_stagger
 from avdit_cli.errors import ConfigError, DataError, TrainingError, WeightsError
-from avdit_cli.fileio import atomic_save_tensors
+from avdit_cli.fileio import atomic_save_tensors, atomic_write_json
 from avdit_cli.models import AVDiT, DiT
+from avdit_cli.models.dit_loading import CLASS_NAMES, read_class_names
 from avdit_cli.paths import default_cache_dir
 from avdit_cli.pipelines.distributed import DistContext, dist_context, resolve_device
 from avdit_cli.pipelines.optim import EMA, lr_at
@@ -151,11 +152,15 @@ def _ignore_sigint(worker_id: int) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Building the model
 # ----------------------------------------------------------------------------------------------------------
-def load_backbone(cfg: Config, device: torch.device) -> tuple[DiT, dict[str, Any]]:
-    """The frozen backbone and its reference (repo id or path + sha256) for checkpoints."""
+def _backbone_location(cfg: Config) -> Path:
     from avdit_cli.hub import backbone_path  # the local file/folder `avdit download` fetched
 
-    path = Path(cfg.model.backbone_path) if cfg.model.backbone_path else backbone_path(cfg)
+    return Path(cfg.model.backbone_path) if cfg.model.backbone_path else backbone_path(cfg)
+
+
+def load_backbone(cfg: Config, device: torch.device) -> tuple[DiT, dict[str, Any]]:
+    """The frozen backbone and its reference (repo id or path + sha256) for checkpoints."""
+    path = _backbone_location(cfg)
     if not path.exists():
         raise WeightsError(f"no backbone at {path}; run `avdit download` or set model.backbone_path")
     backbone, report = DiT.from_pretrained(path, device=device, output_loading_info=True)
@@ -228,6 +233,7 @@ def finetune(
         raise ConfigError(f"train.batch_size: got {global_batch}, but the cache holds only {len(dataset)} clips; "
                           "lower train.batch_size or preprocess more data")
 
+    classes = _class_info(cfg, dataset)
     init = torch.Generator().manual_seed(derived_seed(cfg.train.seed, 0x1417))  # weights of new modules
     model, backbone_ref = _build(cfg, dev, pretrain, init)
     trainable = dict(_trainable(model, cfg.train.mode))
@@ -264,10 +270,12 @@ def finetune(
                                    "(train.seed, epoch)", "seed": cfg.train.seed, "next_step": step},
                  "optimizer": optim_meta, "trainable_params": n_train, "world_size": ctx.world_size,
                  "avdit_version": __version__, "torch_version": torch.__version__}
+        if classes is not None:
+            state["classes"] = classes
         path = save_checkpoint(run_dir, step, _trained_state(model, cfg.train.mode), ema.state_dict(), optim_tensors,
                                state, cfg.train.keep)
         if pretrain:
-            _export_backbone(model, ema, run_dir / "backbone")
+            _export_backbone(model, ema, run_dir / "backbone", classes["names"] if classes else None)
         return path
 
     history: list[StepInfo] = []
@@ -462,12 +470,71 @@ def _build(cfg: Config, dev: torch.device, pretrain: bool, init: torch.Generator
     f, c, h, w = cfg.data.video_latent_shape
     if pretrain:
         model = DiT.from_config(cfg.model, input_size=h, in_channels=c, generator=init).to(dev)
-        return model, {"repo": None, "path": None, "sha256": None, "note": "pretrain: the whole DiT is trained"}
+        ref: dict[str, Any] = {"repo": None, "path": None, "sha256": None, "note": "pretrain: the whole DiT is trained"}
+        if cfg.train.init_from:
+            ref["init_from"] = _init_from(model, Path(cfg.train.init_from))
+            ref["note"] = "pretrain: the whole DiT is trained, starting from train.init_from"
+        return model, ref
     backbone, ref = load_backbone(cfg, dev)
     model = AVDiT.from_config(cfg, backbone=backbone, generator=init).to(dev)
     if cfg.train.mode is TrainMode.FULL:  # the upper bound: the backbone trains too
         model.backbone.requires_grad_(True)
     return model, ref
+
+
+def _init_from(model: DiT, path: Path) -> dict[str, Any]:
+    """Copy the DiT at `path` into `model` (pretrain mode's ``train.init_from``), growing its class table:
+    the rows of classes the source lacks start as its null row, which stays the last row. Returns the
+    source's path and sha256 for the run's record. Raises WeightsError when the architectures differ."""
+    if not path.exists():
+        raise WeightsError(f"train.init_from: no DiT at {path}; give a backbone folder or file")
+    src, report = DiT.from_pretrained(path, device="cpu", output_loading_info=True)
+    sizes = ("hidden_size", "depth", "num_heads", "patch_size", "in_channels", "input_size", "learn_sigma")
+    got, want = ({k: getattr(m, k) for k in sizes} for m in (src, model))
+    if got != want:
+        diff = ", ".join(f"{k} {got[k]} (config: {want[k]})" for k in sizes if got[k] != want[k])
+        raise WeightsError(f"train.init_from: {path} has {diff}; set model.* / data.* to the source's size")
+    sd = src.state_dict()
+    key = "y_embedder.embedding_table.weight"
+    old, new = sd[key], model.state_dict()[key]  # (k_src + 1, d), (k + 1, d): the last row is the null class
+    if old.shape[0] > new.shape[0]:
+        raise WeightsError(f"train.init_from: {path} has {old.shape[0] - 1} classes, the config {new.shape[0] - 1}; "
+                           "set model.num_classes to at least the source's")
+    grown = old[-1:].expand(new.shape[0], -1).clone()
+    grown[: old.shape[0] - 1] = old[:-1]
+    sd[key] = grown
+    model.load_state_dict(sd)
+    return {"path": str(path.resolve()), "sha256": report.sha256()}
+
+
+def _class_info(cfg: Config, dataset: LatentCache) -> dict[str, Any] | None:
+    """For a class-conditional run: the names of the model's classes (row i of its class table is class
+    names[i]) and how many of the cache's clips each has, which is what `generate` draws classes by.
+
+    The names are the backbone's own (``class_names.json`` beside its weights: finetune mode's backbone, or
+    pretrain mode's ``train.init_from``) when it has them, else the cache's; the cache's labels are mapped to
+    them (:meth:`LatentCache.relabel`), so a cache that lacks some classes still means the same ones.
+    Raises ConfigError / DataError when the cache has no classes, a class the backbone lacks, or more classes
+    than model.num_classes."""
+    if not cfg.model.uses_labels:
+        return None
+    names = list(dataset.manifest.get("classes") or [])
+    if not names:
+        raise ConfigError("model.class_conditional needs a cache with classes; preprocess a folder of class "
+                          "folders with --set data.class_folders=true")
+    source = cfg.train.init_from if cfg.train.mode is TrainMode.PRETRAIN else _backbone_location(cfg)
+    table = read_class_names(Path(source)) if source else None
+    table = table or names
+    if len(table) > cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes: got {cfg.model.num_classes}, but the model needs {len(table)} "
+                          f"classes; set model.num_classes={len(table)}")
+    dataset.relabel(table)
+    counts = [0] * len(table)
+    for i in range(len(dataset)):
+        label = dataset._label(dataset.clips[i])
+        if label >= 0:
+            counts[label] += 1
+    return {"names": table, "counts": counts}
 
 
 def _trainable(model: nn.Module, mode: TrainMode) -> list[tuple[str, nn.Parameter]]:
@@ -489,10 +556,14 @@ def _load_trained(model: nn.Module, sd: dict[str, torch.Tensor], mode: TrainMode
         model.load_state_dict(sd)
 
 
-def _export_backbone(model: nn.Module, ema: EMA, folder: Path) -> None:
+def _export_backbone(model: nn.Module, ema: EMA, folder: Path, class_names: list[str] | None = None) -> None:
     """Pretrain mode: write the EMA weights in the diffusers layout that `DiT.from_pretrained` reads
-    (atomically, weights first and config last)."""
+    (atomically, weights first and config last), with the names of its classes in ``class_names.json``
+    (class-conditional runs)."""
     live = {k: p.detach().clone() for k, p in ema.params.items()}
+    if class_names is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / CLASS_NAMES, class_names)
     try:
         with torch.no_grad():
             for k, p in ema.params.items():
@@ -585,9 +656,14 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         # b noise levels in a batch of b x f images (a much noisier gradient over t).
         t = torch.stack([torch.randint(0, T, (f,), generator=g) for g in gens]).flatten().to(dev)  # (b f)
         noise = rearrange(draw_noise(video), "b f c h w -> (b f) c h w")
+        y_img = None
+        if cfg.model.uses_labels:  # each frame is labelled with its clip's class, dropped per image
+            labels = batch["label"].to(dev).repeat_interleave(f)  # (b f)
+            drop = torch.stack([torch.rand((f,), generator=g) for g in gens]).flatten().to(dev) < cfg.train.class_dropout
+            y_img = torch.where((labels < 0) | drop, torch.full_like(labels, cfg.model.num_classes), labels)
         with autocast(cfg, dev):
             terms = training_losses(
-                diffusion, lambda x, tt: {"image": net(x["image"], tt["image"], None)},
+                diffusion, lambda x, tt: {"image": net(x["image"], tt["image"], y_img)},
                 {"image": images}, {"image": t}, {"image": 1}, noise={"image": noise},
                 loss_type=cfg.diffusion.loss.value, min_snr_gamma=cfg.diffusion.min_snr_gamma,
             )
@@ -600,7 +676,7 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
     # frames (axis 0 of one clip's (f, c, h, w)) share a part of their noise: the PYoCo prior, 0 by default
     noise = {"video": draw_noise(video, 0, cfg.diffusion.video_noise_correlation), "audio": draw_noise(audio)}
     y = None
-    if cfg.model.trainable_class_table and cfg.model.num_classes > 0:
+    if cfg.model.uses_labels:
         labels = batch["label"].to(dev)
         drop = torch.stack([torch.rand((), generator=g) for g in gens]).to(dev) < cfg.train.class_dropout
         y = torch.where((labels < 0) | drop, torch.full_like(labels, cfg.model.num_classes), labels)

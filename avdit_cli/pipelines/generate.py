@@ -12,8 +12,10 @@ modality of the sampler, and the written file carries the given audio (frames) t
 file (resampled to 16 kHz mono / resized and cropped), untouched by any latent codec, beside the generated
 other track. ``--audio-from`` accepts any file with sound (a .wav too), ``--video-from`` any file with video.
 
-Class-conditional runs (``model.trainable_class_table``) sample class ``--class`` with guidance scale
-``--cfg-scale``; without ``--class`` they sample the null class (unconditional, no guidance).
+Class-conditional runs (``model.class_conditional`` or ``model.trainable_class_table``) sample class
+``--class`` with guidance scale ``--cfg-scale``. Without ``--class``, clip i's class is drawn (seeded by its
+seed) from the class frequencies of the clips the run trained on, as recorded in its checkpoint, so the
+clips follow the data's classes; a run that recorded none samples the null class (unconditional, no guidance).
 
 Outputs in ``out_dir``: ``sample_00000.mp4`` ... (H.264 yuv420p + AAC mono, exactly ``num_frames / fps``
 seconds), ``samples.json`` (the run, checkpoint sha256, sampler settings, and per file its seed and timing),
@@ -55,6 +57,7 @@ from avdit_cli.pipelines.runs import Checkpoint, backbone_reference, load_checkp
 CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) and (b, c, T, M)
 SHEET_CLIPS = 16  # clips shown on the contact sheet
 VOCODER_SEED = 0  # Griffin-Lim's initial phase: fixed, so a clip's audio depends on its latents only
+CLASS_DRAW = 0xC1A55  # second seed word of a clip's class draw: independent of its noise (seeded by seed + i)
 OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.json", gallery.INDEX)
 
 
@@ -163,6 +166,21 @@ def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
         raise ConfigError(f"--eta: only DDIM uses it, and the sampler is {cfg.sample.sampler.value}; "
                           "add --sampler ddim or drop --eta")
     return cfg
+
+
+def training_classes(state: dict[str, Any], num_classes: int) -> tuple[list[str], np.ndarray | None]:
+    """A class-conditional checkpoint's class names (row order) and the share of its training clips in each
+    class (the prior `generate` draws classes from), or ``([], None)`` for a run that recorded none.
+    Raises WeightsError when the record does not fit the model's class table."""
+    info = state.get("classes") or {}
+    names, counts = list(info.get("names") or []), list(info.get("counts") or [])
+    if not names:
+        return [], None
+    if len(names) != len(counts) or len(names) > num_classes or sum(counts) <= 0:
+        raise WeightsError(f"the checkpoint's class record ({len(names)} names, {len(counts)} counts) does not fit "
+                           f"its {num_classes}-class model; re-export it from its run")
+    prior = np.asarray(counts, dtype=np.float64)
+    return names, prior / prior.sum()
 
 
 def frame_noise_rho(cfg: Config) -> float:
@@ -330,9 +348,9 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     ckpt = open_checkpoint(opts.checkpoint, ema=opts.ema)
     cfg = resolve_config(ckpt, opts)
     s = cfg.sample
-    class_conditional = cfg.model.trainable_class_table and cfg.model.num_classes > 0
+    class_conditional = cfg.model.uses_labels
     if opts.class_id is not None and not class_conditional:
-        raise ConfigError("--class: this run is unconditional (model.trainable_class_table is off); drop --class")
+        raise ConfigError("--class: this run is unconditional (model.class_conditional is off); drop --class")
     if opts.cfg_scale is not None and opts.cfg_scale != 1.0 and not class_conditional:
         raise ConfigError("--cfg-scale: this run is unconditional, there is no class to guide towards; "
                           "drop --cfg-scale")
@@ -379,6 +397,16 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             out = model(x["video"], x["audio"], t["video"], t["audio"], y, video_cache=video_cache)
         return {k: v.float() for k, v in out.items()}
 
+    class_names, class_prior = training_classes(ckpt.state, cfg.model.num_classes)
+
+    def clip_class(i: int) -> int:
+        """Sample i's class: --class, else drawn from the training clips' class frequencies, else null."""
+        if opts.class_id is not None:
+            return opts.class_id
+        if class_prior is None:
+            return cfg.model.num_classes
+        return int(np.random.default_rng([s.seed + i, CLASS_DRAW]).choice(len(class_prior), p=class_prior))
+
     mine = plan_batches(opts.num, s.batch_size, ctx.rank, ctx.world_size)
     total_mine = sum(len(batch) for batch in mine)
     f, c, h, w = cfg.data.video_latent_shape
@@ -394,8 +422,9 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         gens = [torch.Generator().manual_seed(s.seed + i) for i in batch]  # one per sample: batch-independent
         if class_conditional:
             null = cfg.model.num_classes
-            y = torch.full((b,), null if opts.class_id is None else opts.class_id, dtype=torch.long, device=dev)
-            scale = 1.0 if opts.class_id is None else s.cfg_scale  # null vs null: guidance would be a no-op
+            ids = [clip_class(i) for i in batch]
+            y = torch.tensor(ids, dtype=torch.long, device=dev)
+            scale = 1.0 if all(c == null for c in ids) else s.cfg_scale  # null vs null: guidance would be a no-op
             model_fn = classifier_free_guidance(model_fn_y, y, null, scale, CHANNEL_DIMS)
         else:
             model_fn = lambda x, t: model_fn_y(x, t, None)  # noqa: E731
@@ -425,8 +454,13 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
                 kept[i] = (latents["video"][j].float().cpu(), latents["audio"][j].float().cpu())
         t2 = time.perf_counter()
         for i in batch:
-            records.append({"file": f"sample_{i:05d}.mp4", "index": i, "seed": s.seed + i,
-                            "denoise_seconds": round((t1 - t0) / b, 4), "decode_seconds": round((t2 - t1) / b, 4)})
+            record = {"file": f"sample_{i:05d}.mp4", "index": i, "seed": s.seed + i,
+                      "denoise_seconds": round((t1 - t0) / b, 4), "decode_seconds": round((t2 - t1) / b, 4)}
+            if class_conditional:
+                c = clip_class(i)
+                record["class"] = c
+                record["class_name"] = class_names[c] if c < len(class_names) else None  # None: the null class
+            records.append(record)
         denoise_s += t1 - t0
         decode_s += t2 - t1
         done += b
@@ -457,7 +491,9 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "video_noise_correlation": frame_noise_rho(cfg),
             "cross_modal_guidance": s.cross_modal_guidance if guided_stage else None,
             "frame_stagger": s.frame_stagger if given_modality != "video" else None,
-            "cfg_scale": s.cfg_scale if opts.class_id is not None else None, "class": opts.class_id,
+            "cfg_scale": s.cfg_scale if class_conditional else None, "class": opts.class_id,
+            "class_draw": None if not class_conditional else "fixed (--class)" if opts.class_id is not None
+            else "the training clips' class frequencies" if class_prior is not None else "null class",
         }
         meta = {
             **run,
@@ -473,7 +509,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "config": cfg.to_dict(),
             "versions": {"avdit": __version__, "torch": torch.__version__},
             # Per file, self-contained: what made it (run, checkpoint, sampler) and how long it took.
-            "samples": [{**r, **run} for r in all_records],
+            "samples": [{**run, **r} for r in all_records],
         }
         atomic_write_json(samples_json, meta)
         if all_rows:
