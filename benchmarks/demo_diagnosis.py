@@ -10,7 +10,10 @@ for the models in the package), on N real clips of a synthetic bouncing-ball fol
 - each scored like the demo's table: sync F1, AV-Align, balls per frame, frames with one or two balls, noise
   frames, smooth moves and audio onsets per clip (``avdit_cli.pipelines.demo.score_group``).
 
-`--backbone PATH` adds the frozen image backbone alone: N x 16 single images, scored as frames. `--loss` prints
+`--backbone PATH` adds the frozen image backbone alone: N x 16 single images, scored as frames. Real clips in
+class folders (the demo's data) lend their class to what is made beside them: a class-conditional backbone or
+run draws clip i in real clip i's class, guided by `sample.cfg_scale`, and "class_match" is the share of frames
+whose balls are exactly that class's colours. `--loss` prints
 each run's logged loss per modality at a few steps (metrics.jsonl). `--set sample.KEY=VALUE` changes a
 sampling setting of every run (e.g. `sample.cross_modal_guidance=3`). Rows print as a table and, with `--json`,
 as JSON.
@@ -43,13 +46,42 @@ from avdit_cli.pipelines.generate import VOCODER_SEED, decode, load_run_model, o
 from avdit_cli.pipelines.preprocess import encode_clips
 
 COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves",
-           "median_step", "onsets_per_clip")
+           "median_step", "onsets_per_clip", "class_match")
+
+
+def class_match(frames: list[np.ndarray], classes: list[str | None]) -> float:
+    """The share of frames whose balls are exactly the colours their clip's class names (``red+blue``: one red
+    and one blue ball, nothing else); NaN when no clip has a class."""
+    from avdit_cli.data.frame_stats import frame_balls
+    from avdit_cli.data.synthetic import COLOUR_NAMES
+
+    hits = total = 0
+    for clip, name in zip(frames, classes):
+        if name is None:
+            continue
+        want = sorted(name.split("+"))
+        for frame in clip:
+            balls, _ = frame_balls(frame)
+            hits += sorted(COLOUR_NAMES[b.colour] for b in balls) == want
+            total += 1
+    return hits / total if total else math.nan
+
+
+def guided(model_fn_y: Any, y: torch.Tensor | None, null: int, scale: float) -> Any:
+    """A sampler model_fn: the class-conditional model guided towards each clip's class y (or y None: plain)."""
+    from avdit_cli.diffusion.samplers import classifier_free_guidance
+    from avdit_cli.pipelines.generate import CHANNEL_DIMS
+
+    if y is None:
+        return lambda x, t: model_fn_y(x, t, None)
+    return classifier_free_guidance(model_fn_y, y, null, scale, {**CHANNEL_DIMS, "image": 1})  # image: (b, c, h, w)
 
 
 @torch.no_grad()
 def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int, known: dict[str, torch.Tensor],
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """n clips (seeds 0..n-1, as `avdit generate`), given `known` latents (b = n) or none: frames, waves."""
+                    batch_size: int, y: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """n clips (seeds 0..n-1, as `avdit generate`), given `known` latents (b = n) or none: frames, waves.
+    ``y`` (n,): each clip's class for a class-conditional model, guided with ``sample.cfg_scale``."""
     diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
     f, c, h, w = cfg.data.video_latent_shape
     shapes = {"video": (f, c, h, w), "audio": cfg.data.audio_latent_shape}
@@ -58,7 +90,8 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
         idx = list(range(lo, min(n, lo + batch_size)))
         gens = [torch.Generator().manual_seed(cfg.sample.seed + i) for i in idx]
         kn = {k: v[idx] for k, v in known.items()}
-        fn = lambda x, t: model(x["video"], x["audio"], t["video"], t["audio"])  # noqa: E731
+        fn = guided(lambda x, t, yy: model(x["video"], x["audio"], t["video"], t["audio"], yy),
+                    None if y is None else y[idx], cfg.model.num_classes, cfg.sample.cfg_scale)
         z = sample_latents(fn, cfg, codecs, diffusion, {k: (len(idx), *v) for k, v in shapes.items()}, kn,
                            generator=gens)
         fr, wv = decode(z, codecs, cfg.data.clip_samples)
@@ -67,11 +100,25 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
     return np.stack(frames), np.stack(waves)
 
 
+def class_ids(names: list[str] | None, classes: list[str | None]) -> torch.Tensor | None:
+    """Each real clip's class as a row of a model's class table (None: the model has no classes)."""
+    if not names:
+        return None
+    return torch.tensor([names.index(c) if c in names else len(names) for c in classes])
+
+
 def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, ema: bool = True,
-                 sample_sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                 sample_sets: tuple[str, ...] = (), classes: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """Joint generation, frames for the real sound, sound for the real frames; a class-conditional run gets
+    each real clip's class (its folder's name) as the class of the clip made beside it."""
+    from avdit_cli.pipelines.generate import training_classes
+
     ckpt = open_checkpoint(shipped_or_path(run))
     cfg = apply_overrides(ckpt.config, sample_sets)
     model = load_run_model(ckpt, cfg, torch.device("cpu"), ema=ema)
+    classes = classes or [None] * len(real)
+    names = training_classes(ckpt.state, cfg.model.num_classes)[0] if cfg.model.uses_labels else None
+    y = class_ids(names, classes)
     codecs = build_codecs(cfg.replace(**{"sample.seed": VOCODER_SEED}), "cpu")
     n = len(real)
     video_z, audio_z = encode_clips(real, codecs, batch_size=batch_size)
@@ -81,20 +128,26 @@ def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, 
     for part, known in (("joint", {}), ("video branch (given real audio)", {"audio": audio_z}),
                         ("audio branch (given real frames)", {"video": video_z})):
         t0 = time.perf_counter()
-        frames, waves = generate_tracks(model, cfg, codecs, n, known, batch_size)
+        frames, waves = generate_tracks(model, cfg, codecs, n, known, batch_size, y)
         fr = real_frames if "video" in known else list(frames)
         au = real_audio if "audio" in known else list(waves)
         score = score_group(f"{name}: {part}", fr, au, cfg)
-        rows.append({**asdict(score), "seconds": round(time.perf_counter() - t0, 1)})
+        rows.append({**asdict(score), "class_match": class_match(fr, classes) if y is not None else math.nan,
+                     "seconds": round(time.perf_counter() - t0, 1)})
         print(_row(rows[-1]), flush=True)
     return rows
 
 
 @torch.no_grad()
-def diagnose_backbone(path: Path, cfg: Config, n: int) -> dict[str, Any]:
-    """n x f single images from the frozen image backbone alone, with the run's sampler; scored as frames."""
+def diagnose_backbone(path: Path, cfg: Config, n: int, classes: list[str | None] | None = None) -> dict[str, Any]:
+    """n x f single images from the frozen image backbone alone, with the run's sampler; scored as frames. A
+    class-conditional backbone draws clip i's 16 images in real clip i's class (``sample.cfg_scale`` guidance)."""
+    from avdit_cli.models.dit_loading import read_class_names
+
     dit = DiT.from_pretrained(path)
     dit.eval()
+    classes = classes or [None] * n
+    y = class_ids(read_class_names(path), classes)
     codecs = build_codecs(cfg, "cpu")
     diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
     f, c, h, w = cfg.data.video_latent_shape
@@ -102,8 +155,11 @@ def diagnose_backbone(path: Path, cfg: Config, n: int) -> dict[str, Any]:
     for lo in range(0, n * f, 64):
         idx = range(lo, min(n * f, lo + 64))
         gens = [torch.Generator().manual_seed(cfg.sample.seed + i) for i in idx]
-        z = sample(lambda x, t: {"image": dit(x["image"], t["image"], None)}, {"image": (len(idx), c, h, w)},
-                   {"image": 1}, diffusion, sampler=cfg.sample.sampler, steps=cfg.sample.steps, generator=gens,
+        yy = None if y is None else torch.tensor([int(y[i // f]) for i in idx])
+        fn = guided(lambda x, t, lab: {"image": dit(x["image"], t["image"], lab)}, yy, dit.num_classes,
+                    cfg.sample.cfg_scale)
+        z = sample(fn, {"image": (len(idx), c, h, w)}, {"image": 1}, diffusion, sampler=cfg.sample.sampler,
+                   steps=cfg.sample.steps, generator=gens,
                    clip_denoised={"image": codecs.video.latent_range} if cfg.sample.clip_denoised else False)
         px = codecs.video.decode(z["image"])
         images.append(((px.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
@@ -112,7 +168,8 @@ def diagnose_backbone(path: Path, cfg: Config, n: int) -> dict[str, Any]:
     score = score_group("backbone alone (single images)", list(frames), silent, cfg)
     # frame statistics only: single images have no motion or sound (smooth moves between independent images
     # is what random placement gives)
-    row = {**asdict(score), "sync_f1": math.nan, "av_align": math.nan, "onsets_per_clip": math.nan}
+    row = {**asdict(score), "sync_f1": math.nan, "av_align": math.nan, "onsets_per_clip": math.nan,
+           "class_match": class_match(list(frames), classes) if y is not None else math.nan}
     print(_row(row), flush=True)
     return row
 
@@ -152,21 +209,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from avdit_cli.config import load_preset
 
-    cfg = load_preset("tiny")
-    files = sorted(args.real.glob("*.mp4"))[: args.n]
+    cfg = apply_overrides(load_preset("tiny"), args.set)
+    files = sorted(args.real.rglob("*.mp4"), key=lambda p: p.name)[: args.n]  # flat or in class folders
     real = read_clips(files, cfg)
+    # a file in a class folder (avdit demo --data-only) has that class; one directly in --real has none
+    classes = [p.parent.name if p.parent != args.real else None for p in files]
     print("| group | n | " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * (len(COLUMNS) + 2))
-    real_row = asdict(score_group("real clips", [c.frames for c in real], [c.audio for c in real], cfg))
+    real_frames = [c.frames for c in real]
+    real_row = {**asdict(score_group("real clips", real_frames, [c.audio for c in real], cfg)),
+                "class_match": class_match(real_frames, classes)}
     print(_row(real_row), flush=True)
     rows: list[dict[str, Any]] = [real_row]
     losses = {}
     if args.backbone:
-        rows.append(diagnose_backbone(args.backbone, cfg, args.n))
+        rows.append(diagnose_backbone(args.backbone, cfg, args.n, classes))
     for i, run in enumerate(args.run):
         name = args.name[i] if i < len(args.name) else Path(run).name
         rows.extend(diagnose_run(name, run, real, args.batch_size, ema=not args.no_ema,
-                                 sample_sets=tuple(args.set)))
+                                 sample_sets=tuple(args.set), classes=classes))
         if Path(run).is_dir() and (Path(run) / "metrics.jsonl").exists():
             losses[name] = loss_rows(Path(run))
     for name, lr in losses.items():

@@ -10,6 +10,7 @@ drawn by the same code as generate's contact sheet.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = load_preset("tiny")
     codecs = build_codecs(cfg, "cpu")
-    real = read_clips(sorted((args.demo_dir / "data").glob("*.mp4"))[: args.rows], cfg)
+    real_files = sorted((args.demo_dir / "data").rglob("*.mp4"), key=lambda p: p.name)[: args.rows]  # class folders
+    real = read_clips(real_files, cfg)
     generated = read_clips(sorted((args.demo_dir / "samples").glob("sample_*.mp4"))[: args.rows], cfg)
+    samples_json = args.demo_dir / "samples" / "samples.json"
+    drawn = json.loads(samples_json.read_text()).get("samples", []) if samples_json.is_file() else []
+    names = {"real clips": [p.parent.name for p in real_files],
+             "generated clips": [r.get("class_name") for r in drawn[: args.rows]]}
     if not real or not generated:
         print(f"error: {args.demo_dir} has no data/*.mp4 or samples/sample_*.mp4; run `avdit demo` first",
               file=sys.stderr)
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parts = []
     for name, clips in (("real clips", real), ("generated clips", generated)):
         rows = [contact_row(c.frames, c.audio, codecs) for c in clips]
-        parts += [label(name, rows[0].shape[1]), *rows]
+        classes = [c for c in names[name] if c]
+        title = f"{name} (classes: {', '.join(classes)})" if len(classes) == len(rows) else name
+        parts += [label(title, rows[0].shape[1]), *rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(parts, axis=0)).save(args.out)
     print(args.out)

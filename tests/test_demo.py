@@ -80,7 +80,7 @@ def test_the_shipped_tiny_backbone_loads_and_fits_the_tiny_preset() -> None:
     cfg = demo_config(DemoOptions(out_dir=Path("unused")))  # the tiny preset, class-conditional on the colours
     assert shipped_backbone(cfg) == SHIPPED_BACKBONE
     assert shipped_backbone(cfg.replace(**{"model.depth": 2})) is None  # another size: the demo pretrains
-    assert shipped_backbone(cfg.replace(**{"model.num_classes": 0})) is None  # an unconditional one
+    assert shipped_backbone(cfg.replace(**{"model.num_classes": 0, "model.class_conditional": False})) is None
     dit, report = DiT.from_pretrained(SHIPPED_BACKBONE, output_loading_info=True)
     assert report.format == "diffusers-safetensors"
     assert read_class_names(SHIPPED_BACKBONE) == colour_classes()  # row i is the i-th colour class
