@@ -100,11 +100,12 @@ def generate_tracks(model: torch.nn.Module, cfg: Config, codecs: Codecs, n: int,
     return np.stack(frames), np.stack(waves)
 
 
-def class_ids(names: list[str] | None, classes: list[str | None]) -> torch.Tensor | None:
-    """Each real clip's class as a row of a model's class table (None: the model has no classes)."""
+def class_ids(names: list[str] | None, classes: list[str | None], null: int) -> torch.Tensor | None:
+    """Each real clip's class as a row of a model's class table, the `null` row for a clip whose class the
+    model lacks (None: the model has no classes)."""
     if not names:
         return None
-    return torch.tensor([names.index(c) if c in names else len(names) for c in classes])
+    return torch.tensor([names.index(c) if c in names else null for c in classes])
 
 
 def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, ema: bool = True,
@@ -118,7 +119,7 @@ def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, 
     model = load_run_model(ckpt, cfg, torch.device("cpu"), ema=ema)
     classes = classes or [None] * len(real)
     names = training_classes(ckpt.state, cfg.model.num_classes)[0] if cfg.model.uses_labels else None
-    y = class_ids(names, classes)
+    y = class_ids(names, classes, cfg.model.num_classes)
     codecs = build_codecs(cfg.replace(**{"sample.seed": VOCODER_SEED}), "cpu")
     n = len(real)
     video_z, audio_z = encode_clips(real, codecs, batch_size=batch_size)
@@ -147,7 +148,7 @@ def diagnose_backbone(path: Path, cfg: Config, n: int, classes: list[str | None]
     dit = DiT.from_pretrained(path)
     dit.eval()
     classes = classes or [None] * n
-    y = class_ids(read_class_names(path), classes)
+    y = class_ids(read_class_names(path), classes, dit.num_classes)
     codecs = build_codecs(cfg, "cpu")
     diffusion = Diffusion.from_config(cfg.diffusion, learn_sigma=cfg.model.learn_sigma)
     f, c, h, w = cfg.data.video_latent_shape

@@ -9,10 +9,10 @@ Sizes as in test_finetune: 4-frame clips, a 2-block DiT, batch 4.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -164,4 +164,35 @@ def test_class_settings_are_checked(env: Env) -> None:
         finetune(env.cfg("model.class_conditional=true", "model.num_classes=1", "train.mode=pretrain",
                          "train.steps=1"), cache_dir=env.cache, run_dir=flat / "run")
     assert not (flat / "run").exists()
-    assert np.isfinite(len(LatentCache(env.cache)))
+
+
+def test_init_from_a_named_table_appends_the_new_classes_and_a_resume_keeps_the_rows(env: Env, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    DiT.from_pretrained(env.labelled).save_pretrained(source)
+    cache_names = read_manifest(env.cache)["classes"]
+    known = [n for n in colour_classes() if n not in cache_names][:2] + cache_names[:1]
+    (source / CLASS_NAMES).write_text(json.dumps(known))
+    cfg = env.cfg(*LABELLED, "train.mode=pretrain", "train.steps=1", f"train.init_from={source}")
+    run = finetune(cfg, cache_dir=env.cache, run_dir=tmp_path / "grown").run_dir
+    names = load_checkpoint(run).state["classes"]["names"]
+    assert names == known + [n for n in cache_names if n not in known]  # old rows keep their place
+    assert read_class_names(run / "backbone") == names
+    shutil.rmtree(source)  # a resume starts from its checkpoint, not from the source
+    again = finetune(cfg.replace(**{"train.steps": 2}), cache_dir=env.cache, resume=run).run_dir
+    assert load_checkpoint(again).state["classes"]["names"] == names
+    unnamed = tmp_path / "unnamed"  # class rows without names: which row is which is unknown
+    DiT.from_pretrained(env.labelled).save_pretrained(unnamed)
+    with pytest.raises(WeightsError, match="class_names.json"):
+        finetune(env.cfg(*LABELLED, "train.mode=pretrain", "train.steps=1", f"train.init_from={unnamed}"),
+                 cache_dir=env.cache, run_dir=tmp_path / "bad")
+
+
+def test_generate_records_the_guidance_each_clip_had_and_checks_class_ids(env: Env, tmp_path: Path) -> None:
+    run = finetune(env.cfg(*LABELLED, f"model.backbone_path={env.labelled}", "train.steps=1"), cache_dir=env.cache,
+                   run_dir=tmp_path / "run").run_dir
+    res = generate(GenerateOptions(out_dir=tmp_path / "g", checkpoint=run, num=2, steps=2, cfg_scale=2.0, seed=-5))
+    records = json.loads(res.samples_json.read_text())["samples"]
+    assert [r["cfg_scale"] for r in records] == [2.0, 2.0] and all(r["class_name"] for r in records)
+    names = load_checkpoint(run).state["classes"]["names"]
+    with pytest.raises(ConfigError, match="trained classes"):
+        generate(GenerateOptions(out_dir=tmp_path / "h", checkpoint=run, num=1, steps=2, class_id=len(names)))

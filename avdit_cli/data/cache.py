@@ -267,13 +267,14 @@ class LatentCache(Dataset):
         return {
             "video": video.float(),
             "audio": audio.float(),
-            "label": torch.tensor(self._label(clip), dtype=torch.int64),
+            "label": torch.tensor(self.label_of(clip), dtype=torch.int64),
             "audio_ok": torch.tensor(audio_ok(clip)),
             "index": torch.tensor(i, dtype=torch.int64),
         }
 
 
-    def _label(self, clip: dict[str, Any]) -> int:
+    def label_of(self, clip: dict[str, Any]) -> int:
+        """A manifest clip's label as the model reads it (after :meth:`relabel`); -1: none."""
         label = int(clip.get("label", -1))
         if label < 0 or self.label_map is None:
             return label

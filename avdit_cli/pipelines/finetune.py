@@ -233,9 +233,10 @@ def finetune(
         raise ConfigError(f"train.batch_size: got {global_batch}, but the cache holds only {len(dataset)} clips; "
                           "lower train.batch_size or preprocess more data")
 
-    classes = _class_info(cfg, dataset)
+    # a resumed run keeps the class rows it started with (its checkpoint's names), whatever the cache or source
+    classes = _class_info(cfg, dataset, (ckpt.state.get("classes") or {}).get("names") if ckpt else None)
     init = torch.Generator().manual_seed(derived_seed(cfg.train.seed, 0x1417))  # weights of new modules
-    model, backbone_ref = _build(cfg, dev, pretrain, init)
+    model, backbone_ref = _build(cfg, dev, pretrain, init, resumed=ckpt is not None)
     trainable = dict(_trainable(model, cfg.train.mode))
     n_train = sum(p.numel() for p in trainable.values())
     n_total = sum(p.numel() for p in model.parameters())
@@ -465,13 +466,13 @@ def _tensorboard(run_dir: Path | None, enabled: bool, start: int = 0) -> Any:
     return SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
 
 
-def _build(cfg: Config, dev: torch.device, pretrain: bool, init: torch.Generator
+def _build(cfg: Config, dev: torch.device, pretrain: bool, init: torch.Generator, resumed: bool = False
            ) -> tuple[nn.Module, dict[str, Any]]:
     f, c, h, w = cfg.data.video_latent_shape
     if pretrain:
         model = DiT.from_config(cfg.model, input_size=h, in_channels=c, generator=init).to(dev)
         ref: dict[str, Any] = {"repo": None, "path": None, "sha256": None, "note": "pretrain: the whole DiT is trained"}
-        if cfg.train.init_from:
+        if cfg.train.init_from and not resumed:  # a resumed run's weights come from its checkpoint
             ref["init_from"] = _init_from(model, Path(cfg.train.init_from))
             ref["note"] = "pretrain: the whole DiT is trained, starting from train.init_from"
         return model, ref
@@ -500,6 +501,9 @@ def _init_from(model: DiT, path: Path) -> dict[str, Any]:
     if old.shape[0] > new.shape[0]:
         raise WeightsError(f"train.init_from: {path} has {old.shape[0] - 1} classes, the config {new.shape[0] - 1}; "
                            "set model.num_classes to at least the source's")
+    if old.shape[0] > 1 and read_class_names(path) is None:
+        raise WeightsError(f"train.init_from: {path} has {old.shape[0] - 1} class rows but no {CLASS_NAMES} to say "
+                           "which; write one beside its weights (a JSON list of names), so labels find their rows")
     grown = old[-1:].expand(new.shape[0], -1).clone()
     grown[: old.shape[0] - 1] = old[:-1]
     sd[key] = grown
@@ -507,13 +511,15 @@ def _init_from(model: DiT, path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "sha256": report.sha256()}
 
 
-def _class_info(cfg: Config, dataset: LatentCache) -> dict[str, Any] | None:
+def _class_info(cfg: Config, dataset: LatentCache, resumed_names: list[str] | None = None
+                ) -> dict[str, Any] | None:
     """For a class-conditional run: the names of the model's classes (row i of its class table is class
     names[i]) and how many of the cache's clips each has, which is what `generate` draws classes by.
 
     The names are the backbone's own (``class_names.json`` beside its weights: finetune mode's backbone, or
-    pretrain mode's ``train.init_from``) when it has them, else the cache's; the cache's labels are mapped to
-    them (:meth:`LatentCache.relabel`), so a cache that lacks some classes still means the same ones.
+    pretrain mode's ``train.init_from``, where the cache's new classes are appended) when it has them, else
+    the cache's; a resumed run keeps ``resumed_names``. The cache's labels are mapped to them
+    (:meth:`LatentCache.relabel`), so a cache that lacks some classes still means the same ones.
     Raises ConfigError / DataError when the cache has no classes, a class the backbone lacks, or more classes
     than model.num_classes."""
     if not cfg.model.uses_labels:
@@ -522,8 +528,11 @@ def _class_info(cfg: Config, dataset: LatentCache) -> dict[str, Any] | None:
     if not names:
         raise ConfigError("model.class_conditional needs a cache with classes; preprocess a folder of class "
                           "folders with --set data.class_folders=true")
-    source = cfg.train.init_from if cfg.train.mode is TrainMode.PRETRAIN else _backbone_location(cfg)
-    table = read_class_names(Path(source)) if source else None
+    pretrain = cfg.train.mode is TrainMode.PRETRAIN
+    source = cfg.train.init_from if pretrain else _backbone_location(cfg)
+    table = resumed_names or (read_class_names(Path(source)) if source else None)
+    if table and pretrain and not resumed_names:  # growing a named table: new classes get new rows
+        table = table + [n for n in names if n not in table]
     table = table or names
     if len(table) > cfg.model.num_classes:
         raise ConfigError(f"model.num_classes: got {cfg.model.num_classes}, but the model needs {len(table)} "
@@ -531,7 +540,7 @@ def _class_info(cfg: Config, dataset: LatentCache) -> dict[str, Any] | None:
     dataset.relabel(table)
     counts = [0] * len(table)
     for i in range(len(dataset)):
-        label = dataset._label(dataset.clips[i])
+        label = dataset.label_of(dataset.clips[i])
         if label >= 0:
             counts[label] += 1
     return {"names": table, "counts": counts}

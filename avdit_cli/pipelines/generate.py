@@ -398,15 +398,21 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
         return {k: v.float() for k, v in out.items()}
 
     class_names, class_prior = training_classes(ckpt.state, cfg.model.num_classes)
+    if opts.class_id is not None and class_names and opts.class_id >= len(class_names):
+        raise ConfigError(f"--class: got {opts.class_id}, but the run trained classes 0..{len(class_names) - 1} ("
+                          + ", ".join(f"{k} {n}" for k, n in enumerate(class_names[:8])) + ", ...)")
 
     def clip_class(i: int) -> int:
-        """Sample i's class: --class, else drawn from the training clips' class frequencies, else null."""
+        """Sample i's class: --class, else (no clip given: a drawn class could contradict it) drawn from the
+        training clips' class frequencies, else null."""
         if opts.class_id is not None:
             return opts.class_id
-        if class_prior is None:
+        if class_prior is None or given is not None:
             return cfg.model.num_classes
-        return int(np.random.default_rng([s.seed + i, CLASS_DRAW]).choice(len(class_prior), p=class_prior))
+        rng = np.random.default_rng([(s.seed + i) % 2**64, CLASS_DRAW])  # numpy wants words >= 0: wrap negatives
+        return int(rng.choice(len(class_prior), p=class_prior))
 
+    scales: dict[int, float] = {}
     mine = plan_batches(opts.num, s.batch_size, ctx.rank, ctx.world_size)
     total_mine = sum(len(batch) for batch in mine)
     f, c, h, w = cfg.data.video_latent_shape
@@ -425,6 +431,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             ids = [clip_class(i) for i in batch]
             y = torch.tensor(ids, dtype=torch.long, device=dev)
             scale = 1.0 if all(c == null for c in ids) else s.cfg_scale  # null vs null: guidance would be a no-op
+            scales.update({i: scale for i in batch})
             model_fn = classifier_free_guidance(model_fn_y, y, null, scale, CHANNEL_DIMS)
         else:
             model_fn = lambda x, t: model_fn_y(x, t, None)  # noqa: E731
@@ -459,7 +466,8 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             if class_conditional:
                 c = clip_class(i)
                 record["class"] = c
-                record["class_name"] = class_names[c] if c < len(class_names) else None  # None: the null class
+                record["class_name"] = class_names[c] if c < len(class_names) else None  # None: null or unnamed
+                record["cfg_scale"] = scales[i]  # the guidance this clip had (1: none)
             records.append(record)
         denoise_s += t1 - t0
         decode_s += t2 - t1
