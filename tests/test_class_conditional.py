@@ -194,5 +194,10 @@ def test_generate_records_the_guidance_each_clip_had_and_checks_class_ids(env: E
     records = json.loads(res.samples_json.read_text())["samples"]
     assert [r["cfg_scale"] for r in records] == [2.0, 2.0] and all(r["class_name"] for r in records)
     names = load_checkpoint(run).state["classes"]["names"]
+    kept = tmp_path / "h" / "sample_00000.mp4"
+    kept.parent.mkdir()
+    kept.write_bytes(b"kept")
     with pytest.raises(ConfigError, match="trained classes"):
-        generate(GenerateOptions(out_dir=tmp_path / "h", checkpoint=run, num=1, steps=2, class_id=len(names)))
+        generate(GenerateOptions(out_dir=tmp_path / "h", checkpoint=run, num=1, steps=2, class_id=len(names),
+                                 overwrite=True))
+    assert kept.read_bytes() == b"kept"  # refused before the folder was touched

@@ -232,7 +232,8 @@ class LatentCache(Dataset):
         if missing:
             raise DataError(f"the cache at {self.cache_dir} has classes the model has no row for ({', '.join(missing[:3])});"
                             " train on a cache of the model's classes, or pretrain a backbone with them")
-        self.label_map = [list(table).index(n) for n in names]
+        row = {n: k for k, n in enumerate(table)}
+        self.label_map = [row[n] for n in names]
         return self.label_map
 
     def __len__(self) -> int:
@@ -271,7 +272,6 @@ class LatentCache(Dataset):
             "audio_ok": torch.tensor(audio_ok(clip)),
             "index": torch.tensor(i, dtype=torch.int64),
         }
-
 
     def label_of(self, clip: dict[str, Any]) -> int:
         """A manifest clip's label as the model reads it (after :meth:`relabel`); -1: none."""

@@ -641,6 +641,14 @@ def _batch_share(terms: dict[str, Tensor], masks: dict[str, Tensor], counts: dic
     return share
 
 
+def _drop_labels(cfg: Config, labels: Tensor, gens: list[torch.Generator], per_sample: int) -> Tensor:
+    """Labels (b * per_sample,), each sample's `per_sample` in a row, with the unlabelled (-1) and a
+    ``train.class_dropout`` share drawn from each sample's generator replaced by the null class."""
+    drop = torch.stack([torch.rand((per_sample,), generator=g) for g in gens]).flatten().to(labels.device)
+    return torch.where((labels < 0) | (drop < cfg.train.class_dropout),
+                       torch.full_like(labels, cfg.model.num_classes), labels)
+
+
 def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[str, torch.Tensor],
                 slot: torch.Tensor, step: int, dev: torch.device, pretrain: bool
                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -667,9 +675,7 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
         noise = rearrange(draw_noise(video), "b f c h w -> (b f) c h w")
         y_img = None
         if cfg.model.uses_labels:  # each frame is labelled with its clip's class, dropped per image
-            labels = batch["label"].to(dev).repeat_interleave(f)  # (b f)
-            drop = torch.stack([torch.rand((f,), generator=g) for g in gens]).flatten().to(dev) < cfg.train.class_dropout
-            y_img = torch.where((labels < 0) | drop, torch.full_like(labels, cfg.model.num_classes), labels)
+            y_img = _drop_labels(cfg, batch["label"].to(dev).repeat_interleave(f), gens, f)  # (b f)
         with autocast(cfg, dev):
             terms = training_losses(
                 diffusion, lambda x, tt: {"image": net(x["image"], tt["image"], y_img)},
@@ -684,11 +690,7 @@ def _step_terms(net: nn.Module, diffusion: Diffusion, cfg: Config, batch: dict[s
     t_video = torch.where(given, torch.zeros_like(t_video), t_video)
     # frames (axis 0 of one clip's (f, c, h, w)) share a part of their noise: the PYoCo prior, 0 by default
     noise = {"video": draw_noise(video, 0, cfg.diffusion.video_noise_correlation), "audio": draw_noise(audio)}
-    y = None
-    if cfg.model.uses_labels:
-        labels = batch["label"].to(dev)
-        drop = torch.stack([torch.rand((), generator=g) for g in gens]).to(dev) < cfg.train.class_dropout
-        y = torch.where((labels < 0) | drop, torch.full_like(labels, cfg.model.num_classes), labels)
+    y = _drop_labels(cfg, batch["label"].to(dev), gens, 1) if cfg.model.uses_labels else None
     masks = {"audio": batch["audio_ok"].to(dev).float(), "video": (~given).float()}
     frame_masks = None
     if cfg.diffusion.frame_stagger_prob > 0:  # drawn after everything else: runs without it draw as before

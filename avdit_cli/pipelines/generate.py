@@ -58,6 +58,8 @@ CHANNEL_DIMS = {"video": 2, "audio": 1}  # the channel axis of (b, f, c, h, w) a
 SHEET_CLIPS = 16  # clips shown on the contact sheet
 VOCODER_SEED = 0  # Griffin-Lim's initial phase: fixed, so a clip's audio depends on its latents only
 CLASS_DRAW = 0xC1A55  # second seed word of a clip's class draw: independent of its noise (seeded by seed + i)
+CLASS_DRAWS = {"fixed": "fixed (--class)", "null": "null class",  # samples.json's words for each `draw`
+               "prior": "the training clips' class frequencies"}
 OUTPUTS = ("samples.json", "contact_sheet.png", "latents.safetensors", "metrics.json", gallery.INDEX)
 
 
@@ -356,6 +358,10 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
                           "drop --cfg-scale")
     if opts.class_id is not None and not 0 <= opts.class_id < cfg.model.num_classes:
         raise ConfigError(f"--class: got {opts.class_id}, expected 0..{cfg.model.num_classes - 1}")
+    class_names, class_prior = training_classes(ckpt.state, cfg.model.num_classes)
+    if opts.class_id is not None and class_names and opts.class_id >= len(class_names):
+        raise ConfigError(f"--class: got {opts.class_id}, but the run trained classes 0..{len(class_names) - 1} ("
+                          + ", ".join(f"{k} {n}" for k, n in enumerate(class_names[:8])) + ", ...)")
     dev = resolve_device(opts.device, ctx)
     check_out_dir(opts.out_dir, opts.overwrite)  # on every rank, before anyone waits at a barrier
     given_modality = "audio" if opts.audio_from else "video" if opts.video_from else None
@@ -370,6 +376,10 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
     if s.frame_stagger > 0 and given_modality == "audio" and s.cross_modal_guidance != 1:
         raise ConfigError("--frame-stagger draws the frames without guidance towards the given sound; drop "
                           "--cross-modal-guidance or --frame-stagger")
+    # How each clip gets its class: --class; else, with no clip given (a drawn class could contradict it),
+    # drawn from the training clips' class frequencies; else the null class.
+    draw = (None if not class_conditional else "fixed" if opts.class_id is not None
+            else "null" if class_prior is None or given is not None else "prior")
     # Everything that can fail on the user's input fails before the output folder is touched.
     model = load_run_model(ckpt, cfg, dev, ema=opts.ema)
     if codecs is None:
@@ -397,22 +407,16 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             out = model(x["video"], x["audio"], t["video"], t["audio"], y, video_cache=video_cache)
         return {k: v.float() for k, v in out.items()}
 
-    class_names, class_prior = training_classes(ckpt.state, cfg.model.num_classes)
-    if opts.class_id is not None and class_names and opts.class_id >= len(class_names):
-        raise ConfigError(f"--class: got {opts.class_id}, but the run trained classes 0..{len(class_names) - 1} ("
-                          + ", ".join(f"{k} {n}" for k, n in enumerate(class_names[:8])) + ", ...)")
-
     def clip_class(i: int) -> int:
-        """Sample i's class: --class, else (no clip given: a drawn class could contradict it) drawn from the
-        training clips' class frequencies, else null."""
-        if opts.class_id is not None:
-            return opts.class_id
-        if class_prior is None or given is not None:
+        """Sample i's class, as `draw` says."""
+        if draw == "fixed":
+            return opts.class_id  # type: ignore[return-value]
+        if draw == "null":
             return cfg.model.num_classes
         rng = np.random.default_rng([(s.seed + i) % 2**64, CLASS_DRAW])  # numpy wants words >= 0: wrap negatives
-        return int(rng.choice(len(class_prior), p=class_prior))
+        return int(rng.choice(len(class_prior), p=class_prior))  # type: ignore[arg-type]
 
-    scales: dict[int, float] = {}
+    guidance: dict[int, tuple[int, float]] = {}  # sample -> (its class, the guidance scale it had)
     mine = plan_batches(opts.num, s.batch_size, ctx.rank, ctx.world_size)
     total_mine = sum(len(batch) for batch in mine)
     f, c, h, w = cfg.data.video_latent_shape
@@ -431,7 +435,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             ids = [clip_class(i) for i in batch]
             y = torch.tensor(ids, dtype=torch.long, device=dev)
             scale = 1.0 if all(c == null for c in ids) else s.cfg_scale  # null vs null: guidance would be a no-op
-            scales.update({i: scale for i in batch})
+            guidance.update({i: (k, scale) for i, k in zip(batch, ids)})
             model_fn = classifier_free_guidance(model_fn_y, y, null, scale, CHANNEL_DIMS)
         else:
             model_fn = lambda x, t: model_fn_y(x, t, None)  # noqa: E731
@@ -464,10 +468,10 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             record = {"file": f"sample_{i:05d}.mp4", "index": i, "seed": s.seed + i,
                       "denoise_seconds": round((t1 - t0) / b, 4), "decode_seconds": round((t2 - t1) / b, 4)}
             if class_conditional:
-                c = clip_class(i)
-                record["class"] = c
-                record["class_name"] = class_names[c] if c < len(class_names) else None  # None: null or unnamed
-                record["cfg_scale"] = scales[i]  # the guidance this clip had (1: none)
+                k, scale = guidance[i]
+                record["class"] = k
+                record["class_name"] = class_names[k] if k < len(class_names) else None  # None: null or unnamed
+                record["cfg_scale"] = scale  # the guidance this clip had (1: none)
             records.append(record)
         denoise_s += t1 - t0
         decode_s += t2 - t1
@@ -500,8 +504,7 @@ def generate(opts: GenerateOptions, progress: Progress | None = None, codecs: Co
             "cross_modal_guidance": s.cross_modal_guidance if guided_stage else None,
             "frame_stagger": s.frame_stagger if given_modality != "video" else None,
             "cfg_scale": s.cfg_scale if class_conditional else None, "class": opts.class_id,
-            "class_draw": None if not class_conditional else "fixed (--class)" if opts.class_id is not None
-            else "the training clips' class frequencies" if class_prior is not None else "null class",
+            "class_draw": CLASS_DRAWS.get(draw) if draw else None,
         }
         meta = {
             **run,
