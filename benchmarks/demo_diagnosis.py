@@ -15,7 +15,8 @@ class folders (the demo's data) lend their class to what is made beside them: a 
 run draws clip i in real clip i's class, guided by `sample.cfg_scale`, and "class_match" is the share of frames
 whose balls are exactly that class's colours. `--loss` prints
 each run's logged loss per modality at a few steps (metrics.jsonl). `--set sample.KEY=VALUE` changes a
-sampling setting of every run (e.g. `sample.cross_modal_guidance=3`). Rows print as a table and, with `--json`,
+sampling setting of every run (e.g. `sample.cross_modal_guidance=3`); `--parts audio` makes only the sound for
+the real frames (also `joint`, `video`; comma-separated). Rows print as a table and, with `--json`,
 as JSON.
 
     python benchmarks/demo_diagnosis.py --real DATA_DIR --run runs/x [--run runs/y] [-n 32] [--backbone DIR]
@@ -40,13 +41,14 @@ from avdit_cli.codecs import Codecs, build_codecs
 from avdit_cli.config import Config, apply_overrides
 from avdit_cli.data.clips import Clip
 from avdit_cli.diffusion import Diffusion, sample
+from avdit_cli.errors import ConfigError
 from avdit_cli.models import DiT
 from avdit_cli.pipelines.demo import GroupScore, read_clips, score_group, shipped_or_path
 from avdit_cli.pipelines.generate import VOCODER_SEED, decode, load_run_model, open_checkpoint, sample_latents
 from avdit_cli.pipelines.preprocess import encode_clips
 
 COLUMNS = ("sync_f1", "av_align", "balls_per_frame", "one_or_two_balls", "noise_frames", "smooth_moves",
-           "median_step", "onsets_per_clip", "class_match")
+           "median_step", "impacts_per_clip", "onsets_per_clip", "class_match")
 
 
 def class_match(frames: list[np.ndarray], classes: list[str | None]) -> float:
@@ -108,10 +110,15 @@ def class_ids(names: list[str] | None, classes: list[str | None], null: int) -> 
     return torch.tensor([names.index(c) if c in names else null for c in classes])
 
 
+PARTS = {"joint": "joint", "video": "video branch (given real audio)", "audio": "audio branch (given real frames)"}
+
+
 def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, ema: bool = True,
-                 sample_sets: tuple[str, ...] = (), classes: list[str | None] | None = None) -> list[dict[str, Any]]:
-    """Joint generation, frames for the real sound, sound for the real frames; a class-conditional run gets
-    each real clip's class (its folder's name) as the class of the clip made beside it."""
+                 sample_sets: tuple[str, ...] = (), classes: list[str | None] | None = None,
+                 parts: tuple[str, ...] = tuple(PARTS)) -> list[dict[str, Any]]:
+    """Joint generation, frames for the real sound, sound for the real frames (``parts``: keys of PARTS); a
+    class-conditional run gets each real clip's class (its folder's name) as the class of the clip made
+    beside it."""
     from avdit_cli.pipelines.generate import training_classes
 
     ckpt = open_checkpoint(shipped_or_path(run))
@@ -126,8 +133,8 @@ def diagnose_run(name: str, run: Path | str, real: list[Clip], batch_size: int, 
     real_frames = [c.frames for c in real]
     real_audio = [c.audio for c in real]
     rows = []
-    for part, known in (("joint", {}), ("video branch (given real audio)", {"audio": audio_z}),
-                        ("audio branch (given real frames)", {"video": video_z})):
+    given = {"joint": {}, "video": {"audio": audio_z}, "audio": {"video": video_z}}
+    for part, known in ((PARTS[k], given[k]) for k in parts):
         t0 = time.perf_counter()
         frames, waves = generate_tracks(model, cfg, codecs, n, known, batch_size, y)
         fr = real_frames if "video" in known else list(frames)
@@ -201,16 +208,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--no-ema", action="store_true", help="the raw weights instead of their EMA")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"which parts of each run to generate, comma-separated from {','.join(PARTS)}")
     ap.add_argument("--set", action="append", default=[], metavar="sample.KEY=VALUE",
                     help="a sampling setting for every run, e.g. sample.cross_modal_guidance=3")
     args = ap.parse_args(argv)
     if any(not item.startswith("sample.") for item in args.set):
         ap.error("--set takes sampling settings only (sample.KEY=VALUE)")
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if not parts or any(p not in PARTS for p in parts):
+        ap.error(f"--parts takes a comma-separated list of {', '.join(PARTS)}; got {args.parts!r}")
     torch.set_num_threads(1)
 
     from avdit_cli.config import load_preset
 
-    cfg = apply_overrides(load_preset("tiny"), args.set)
+    # the preset reads and scores the real clips and samples the backbone alone; a setting it cannot take
+    # (cross-modal guidance needs a model trained with independent timesteps) is for the runs only
+    cfg = load_preset("tiny")
+    for item in args.set:
+        try:
+            cfg = apply_overrides(cfg, [item])
+        except ConfigError as e:
+            print(f"note: {item} applies to the runs only ({e})", file=sys.stderr)
     files = sorted(args.real.rglob("*.mp4"), key=lambda p: p.name)[: args.n]  # flat or in class folders
     real = read_clips(files, cfg)
     # a file in a class folder (avdit demo --data-only) has that class; one directly in --real has none
@@ -228,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, run in enumerate(args.run):
         name = args.name[i] if i < len(args.name) else Path(run).name
         rows.extend(diagnose_run(name, run, real, args.batch_size, ema=not args.no_ema,
-                                 sample_sets=tuple(args.set), classes=classes))
+                                 sample_sets=tuple(args.set), classes=classes, parts=parts))
         if Path(run).is_dir() and (Path(run) / "metrics.jsonl").exists():
             losses[name] = loss_rows(Path(run))
     for name, lr in losses.items():

@@ -55,6 +55,10 @@ def test_real_clips_are_in_sync_and_shuffled_ones_are_not(short_demo: tuple[Path
     assert real.sync_f1 > 0.8
     assert shuffled.sync_f1 < real.sync_f1 - 0.2
     assert not math.isnan(scores["generated"].sync_f1) or scores["generated"].sync_skipped > 0
+    # every heard hit of the data is a seen floor impact: the frames' event count matches the sound's
+    assert real.impacts_per_clip >= 1
+    assert abs(real.impacts_per_clip - real.onsets_per_clip) <= 0.25 * real.onsets_per_clip
+    assert shuffled.impacts_per_clip == real.impacts_per_clip
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:

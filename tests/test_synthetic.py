@@ -16,6 +16,7 @@ from avdit_cli.data.media import probe
 from avdit_cli.data.sync import (
     audio_onsets,
     derangement,
+    height_peaks,
     match_events,
     mean_f1,
     score_events,
@@ -118,6 +119,23 @@ def test_detectors_find_the_true_impacts(decoded):
     a = [score_events(t, audio_onsets(c.audio, 16000), 0.1, 1.6) for c, t in zip(clips, truth)]
     assert mean_f1(v)[0] > 0.85
     assert mean_f1(a)[0] > 0.9
+
+
+def test_height_peaks_of_the_data_are_floor_contacts_and_jitter_adds_peaks_higher_up(decoded):
+    """Every impact of the data happens low in the frame (the ball meets the floor); benchmarks/sync_ceiling.py
+    counts on it. A ball jittering in mid-air makes peaks high up, which no floor contact explains."""
+    clips, _ = decoded
+    for clip in clips:
+        times, rows = height_peaks(clip.frames, 10)
+        assert np.array_equal(times, video_impacts(clip.frames, 10))
+        assert np.all((rows >= 0.6) & (rows < 1))
+    # one ball at mid-height, 2 px up and down every other frame: a peak at each low frame, all high up
+    frames = np.zeros((16, 32, 32, 3), np.uint8) + np.asarray(synthetic.BACKGROUND, np.uint8)
+    for k in range(16):
+        top = 12 + 2 * (k % 2)
+        frames[k, top:top + 4, 14:18] = synthetic.PALETTE[0]
+    times, rows = height_peaks(frames, 10)
+    assert len(times) == 7 and np.all(rows < 0.5)
 
 
 def test_sync_score_separates_aligned_shuffled_and_delayed(decoded):

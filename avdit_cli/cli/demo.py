@@ -67,13 +67,14 @@ def demo(
                   title_justify="left")
     for name, justify in (("clips", "left"), ("n", "right"), ("sync F1", "right"), ("AV-Align", "right"),
                           ("balls/frame", "right"), ("1-2 balls", "right"), ("noise frames", "right"),
-                          ("smooth moves", "right"), ("median step", "right"), ("onsets/clip", "right")):
+                          ("smooth moves", "right"), ("median step", "right"), ("impacts/clip", "right"),
+                          ("onsets/clip", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for g in result.scores:
         note = f" ({g.sync_skipped} left out: no events)" if g.sync_skipped else ""
         table.add_row(g.name, str(g.clips), _num(g.sync_f1) + note, _num(g.av_align), _num(g.balls_per_frame, 2),
                       _pct(g.one_or_two_balls), _pct(g.noise_frames), _pct(g.smooth_moves),
-                      _num(g.median_step, 3), _num(g.onsets_per_clip, 2))
+                      _num(g.median_step, 3), _num(g.impacts_per_clip, 2), _num(g.onsets_per_clip, 2))
     console.print(table)
     for name, m in result.eval_metrics.items():
         if m.get("status") == "ok":

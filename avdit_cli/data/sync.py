@@ -91,11 +91,12 @@ def _refine(y: np.ndarray, k: int) -> float:
     return float(np.clip(t, k - 1, k + 1))
 
 
-def video_impacts(frames: np.ndarray, fps: float, min_rise: float = 0.01) -> np.ndarray:
-    """Times (s) at which a ball's height peaks: its floor impacts. frames: uint8 (f, h, w, 3)."""
+def height_peaks(frames: np.ndarray, fps: float, min_rise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Every peak of a ball's height, in time order: (times in s, (n,); the ball centre's row at the peak as a
+    fraction of the frame height from the top, (n,)). frames: uint8 (f, h, w, 3)."""
     heights = ball_heights(frames)  # f k
     rise = min_rise * frames.shape[1]
-    times: list[float] = []
+    peaks: list[tuple[float, float]] = []
     for y in heights.T:
         for k in range(1, len(y) - 1):
             prev, cur, nxt = y[k - 1], y[k], y[k + 1]
@@ -103,8 +104,15 @@ def video_impacts(frames: np.ndarray, fps: float, min_rise: float = 0.01) -> np.
                 continue
             # a peak: not below either neighbour (by more than noise) and clearly above the lower one
             if cur >= prev and cur > nxt and cur - min(prev, nxt) >= rise:
-                times.append(_refine(y, k) / fps)
-    return np.sort(np.asarray(times, dtype=np.float64))
+                peaks.append((_refine(y, k) / fps, float(cur) / frames.shape[1]))
+    peaks.sort()
+    return (np.asarray([t for t, _ in peaks], dtype=np.float64),
+            np.asarray([r for _, r in peaks], dtype=np.float64))
+
+
+def video_impacts(frames: np.ndarray, fps: float, min_rise: float = 0.01) -> np.ndarray:
+    """Times (s) at which a ball's height peaks: its floor impacts. frames: uint8 (f, h, w, 3)."""
+    return height_peaks(frames, fps, min_rise)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from avdit_cli.config import Config, SampleOrder, apply_overrides, load_preset
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
 from avdit_cli.data.frame_stats import frame_stats
-from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score
+from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score, video_impacts
 from avdit_cli.data.synthetic import colour_classes, make_dataset
 from avdit_cli.errors import ConfigError, DataError
 from avdit_cli.fileio import plain
@@ -85,6 +85,9 @@ class GroupScore:
     # share of balls with a ball of any colour near them in the next frame (demo.json only): smooth_moves'
     # ceiling if every ball kept its colour
     near_moves: float = math.nan
+    # floor impacts the sync score sees in the frames (height peaks, data.sync.video_impacts), per clip: beside
+    # onsets_per_clip it says whether a low sync F1 comes from the frames' events or from the sound's
+    impacts_per_clip: float = math.nan
 
 
 @dataclass
@@ -165,8 +168,10 @@ def score_group(name: str, frames: list[np.ndarray], audio: list[np.ndarray], cf
     align = av_align_score(pairs, fps, sr)
     stats = frame_stats(frames)
     onsets = float(np.mean([len(audio_onsets(a, sr)) for a in audio]))
+    impacts = float(np.mean([len(video_impacts(f, fps)) for f in frames]))
     return GroupScore(name, len(frames), f1, skipped, align.score, stats.balls_per_frame, stats.one_or_two_balls,
-                      stats.noise_frames, stats.smooth_moves, onsets, stats.median_step, stats.near_moves)
+                      stats.noise_frames, stats.smooth_moves, onsets, stats.median_step, stats.near_moves,
+                      impacts_per_clip=impacts)
 
 
 DEMO_PARTS = ("data", "cache", "runs", "samples", "demo.json")
