@@ -135,7 +135,8 @@ def test_the_shipped_demo_models_are_small_exports_over_the_shipped_backbone(joi
 def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--pretrained", "--no-joint", "-o", str(out), "--clips", "2",
-                                      "--seconds", "1.6", "-n", "2", "--set", "sample.steps=2", "--json"])
+                                      "--seconds", "1.6", "-n", "2", "--set", "sample.steps=2", "--set",
+                                      "sample.eta=0.5", "--set", "sample.batch_size=1", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "demo.json").read_text())
     assert report["options"]["pretrained"] is True and report["options"]["joint"] is False
@@ -146,6 +147,8 @@ def test_demo_pretrained_generates_from_the_shipped_models_without_training(tmp_
     assert report["scores"][2]["clips"] == report["scores"][3]["clips"] == 2
     samples = json.loads((out / "samples" / "samples.json").read_text())
     assert samples["steps"] == 2 and samples["sampler"] == "ddim"  # the demo's --set reaches the shipped model
+    assert samples["eta"] == 0.5 and samples["batch_size"] == 1  # every sampling setting does (eta once did not)
+    assert samples["clip_denoised"] is True
     # ... and the shipped model's own sampling defaults hold where --set does not name them
     assert samples["order"] == "video-first" and samples["video_noise_correlation"] == 0.3
     assert samples["checkpoint"] == str(shipped_run(False).resolve())

@@ -293,8 +293,11 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     # `cfg` is the model's own config with --set applied (demo_config), so its sampling settings are the ones to
     # pass: a shipped model's order, frame-noise correlation, guidance and stagger hold unless --set changed them.
     s = cfg.sample
+    # Every sampling setting goes over (a forgotten one, as eta, batch_size and clip_denoised once were, would
+    # be dropped in silence in favour of the model's own).
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
-                               sampler=s.sampler, steps=s.steps, reference=data_dir, order=s.order,
+                               sampler=s.sampler, steps=s.steps, eta=s.eta, clip_denoised=s.clip_denoised,
+                               batch_size=s.batch_size, reference=data_dir, order=s.order,
                                video_noise_correlation=s.video_noise_correlation,
                                cross_modal_guidance=s.cross_modal_guidance, frame_stagger=s.frame_stagger,
                                cfg_scale=s.cfg_scale if cfg.model.uses_labels else None)

@@ -72,6 +72,7 @@ class GenerateOptions:
     sampler: Sampler | None = None  # None: the run's sample.* settings
     steps: int | None = None
     eta: float | None = None
+    clip_denoised: bool | None = None  # None: the run's sample.clip_denoised (clamp x_0 to the codecs' ranges)
     order: SampleOrder | None = None  # None: the run's sample.order
     video_noise_correlation: float | None = None  # None: the run's sample.video_noise_correlation
     cross_modal_guidance: float | None = None  # None: the run's sample.cross_modal_guidance
@@ -157,7 +158,8 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
 def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
     """The run's config with this command's sampling choices applied."""
     overrides = []
-    for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta), ("order", opts.order),
+    for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta),
+                       ("clip_denoised", opts.clip_denoised), ("order", opts.order),
                        ("video_noise_correlation", opts.video_noise_correlation),
                        ("cross_modal_guidance", opts.cross_modal_guidance), ("frame_stagger", opts.frame_stagger),
                        ("cfg_scale", opts.cfg_scale), ("seed", opts.seed), ("batch_size", opts.batch_size)):
