@@ -371,6 +371,26 @@ def test_eta_is_refused_for_samplers_that_ignore_it(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_a_whole_sampling_section_replaces_the_runs_and_single_options_apply_on_top(tiny: tuple[Path, Config]
+                                                                                    ) -> None:
+    """GenerateOptions.sample hands over every sampling setting at once (the demo's way: none can be left
+    behind); steps and seed given alone still win; a section the run cannot take is refused."""
+    import dataclasses
+
+    from avdit_cli.pipelines.generate import open_checkpoint, resolve_config
+
+    run, cfg = tiny
+    ckpt = open_checkpoint(run)
+    section = dataclasses.replace(cfg.sample, eta=0.5, batch_size=1, clip_denoised=not cfg.sample.clip_denoised,
+                                  steps=7, seed=3)
+    out = resolve_config(ckpt, GenerateOptions(out_dir=run, sample=section, steps=2))
+    assert out.sample == dataclasses.replace(section, steps=2)
+    assert resolve_config(ckpt, GenerateOptions(out_dir=run)).sample == ckpt.config.sample
+    with pytest.raises(ConfigError, match="independent_timesteps"):  # the tiny run was trained without them
+        resolve_config(ckpt, GenerateOptions(out_dir=run, sample=dataclasses.replace(section,
+                                                                                   cross_modal_guidance=2.0)))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Exported checkpoints (avdit export): EMA only, a backbone that travels with them
 # ----------------------------------------------------------------------------------------------------------

@@ -290,17 +290,12 @@ def _demo(opts: DemoOptions, log: Log | None = None) -> DemoResult:
     # The demo's sampler settings (the tiny preset, or with --pretrained the shipped model's config, + --set):
     # DDIM 25 unless changed.
     # samples.json names the real clips, so a later `avdit eval DEMO/samples` needs no --ref.
-    # `cfg` is the model's own config with --set applied (demo_config), so its sampling settings are the ones to
-    # pass: a shipped model's order, frame-noise correlation, guidance and stagger hold unless --set changed them.
-    s = cfg.sample
-    # Every sampling setting goes over (a forgotten one, as eta, batch_size and clip_denoised once were, would
-    # be dropped in silence in favour of the model's own).
+    # `cfg` is the model's own config with --set applied (demo_config), so its sampling section is the one to
+    # pass, whole: a shipped model's order, frame-noise correlation, guidance and stagger hold unless --set
+    # changed them, and no setting can be left behind (eta, batch_size and clip_denoised once were, when the
+    # settings went over one by one).
     gen_opts = GenerateOptions(out_dir=samples, num=opts.generate, checkpoint=run, overwrite=True, seed=opts.seed,
-                               sampler=s.sampler, steps=s.steps, eta=s.eta, clip_denoised=s.clip_denoised,
-                               batch_size=s.batch_size, reference=data_dir, order=s.order,
-                               video_noise_correlation=s.video_noise_correlation,
-                               cross_modal_guidance=s.cross_modal_guidance, frame_stagger=s.frame_stagger,
-                               cfg_scale=s.cfg_scale if cfg.model.uses_labels else None)
+                               reference=data_dir, sample=cfg.sample)
     gen = timed("generate", lambda: generate(gen_opts, progress=_progress(say)))
 
     say(f"{n_steps}/{n_steps} score: sync, frames and audio of real, shuffled real and generated clips")

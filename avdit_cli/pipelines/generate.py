@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +40,8 @@ from einops import rearrange
 
 from avdit_cli import __version__
 from avdit_cli.codecs import Codecs, build_codecs
-from avdit_cli.config import Config, DataConfig, Precision, SampleOrder, Sampler, TrainMode, apply_overrides
+from avdit_cli.config import (Config, DataConfig, Precision, SampleConfig, SampleOrder, Sampler, TrainMode,
+                              apply_overrides)
 from avdit_cli.data.clips import Clip
 from avdit_cli.data.media import MediaError, probe, read_audio, read_video, write_mp4
 from avdit_cli.diffusion import Diffusion, ModelFn, classifier_free_guidance, sample, sample_in_stages
@@ -69,10 +70,12 @@ class GenerateOptions:
     num: int = 16
     checkpoint: Path | str | None = None  # a run or checkpoint folder, or "hf://NAME[@REV]"; None: the latest run
     ema: bool = True
+    # The whole sampling section in place of the run's (the demo hands over its resolved one, so no setting can
+    # be left behind); the single settings below still apply on top of it.
+    sample: SampleConfig | None = None
     sampler: Sampler | None = None  # None: the run's sample.* settings
     steps: int | None = None
     eta: float | None = None
-    clip_denoised: bool | None = None  # None: the run's sample.clip_denoised (clamp x_0 to the codecs' ranges)
     order: SampleOrder | None = None  # None: the run's sample.order
     video_noise_correlation: float | None = None  # None: the run's sample.video_noise_correlation
     cross_modal_guidance: float | None = None  # None: the run's sample.cross_modal_guidance
@@ -156,16 +159,17 @@ def load_run_model(ckpt: Checkpoint, cfg: Config, device: torch.device, ema: boo
 
 
 def resolve_config(ckpt: Checkpoint, opts: GenerateOptions) -> Config:
-    """The run's config with this command's sampling choices applied."""
+    """The run's config with this command's sampling choices applied: ``opts.sample`` (whole), then each
+    single setting given."""
     overrides = []
-    for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta),
-                       ("clip_denoised", opts.clip_denoised), ("order", opts.order),
+    for key, value in (("sampler", opts.sampler), ("steps", opts.steps), ("eta", opts.eta), ("order", opts.order),
                        ("video_noise_correlation", opts.video_noise_correlation),
                        ("cross_modal_guidance", opts.cross_modal_guidance), ("frame_stagger", opts.frame_stagger),
                        ("cfg_scale", opts.cfg_scale), ("seed", opts.seed), ("batch_size", opts.batch_size)):
         if value is not None:
             overrides.append(f"sample.{key}={value.value if isinstance(value, Enum) else value}")
-    cfg = apply_overrides(ckpt.config, overrides)
+    base = ckpt.config if opts.sample is None else replace(ckpt.config, sample=opts.sample)  # validated again
+    cfg = apply_overrides(base, overrides)
     if opts.eta is not None and opts.eta > 0 and cfg.sample.sampler is not Sampler.DDIM:
         raise ConfigError(f"--eta: only DDIM uses it, and the sampler is {cfg.sample.sampler.value}; "
                           "add --sampler ddim or drop --eta")
