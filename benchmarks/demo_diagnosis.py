@@ -13,8 +13,8 @@ for the models in the package), on N real clips of a synthetic bouncing-ball fol
 `--backbone PATH` adds the frozen image backbone alone: N x 16 single images, scored as frames. Real clips in
 class folders (the demo's data) lend their class to what is made beside them: a class-conditional backbone or
 run draws clip i in real clip i's class, guided by `sample.cfg_scale`, and "class_match" is the share of frames
-whose balls are exactly that class's colours. `--loss` prints
-each run's logged loss per modality at a few steps (metrics.jsonl). `--set sample.KEY=VALUE` changes a
+whose balls are exactly that class's colours. After the table, each run folder's logged loss per modality is
+printed at a few steps (its metrics.jsonl; also in `--json`). `--set sample.KEY=VALUE` changes a
 sampling setting of every run (e.g. `sample.cross_modal_guidance=3`); `--parts audio` makes only the sound for
 the real frames (also `joint`, `video`; comma-separated). Rows print as a table and, with `--json`,
 as JSON.
@@ -182,12 +182,17 @@ def diagnose_backbone(path: Path, cfg: Config, n: int, classes: list[str | None]
     return row
 
 
-def loss_rows(run: Path) -> list[dict[str, Any]]:
-    """The logged losses per modality at about 6 points of the run."""
+def loss_rows(run: Path, windows: int = 5) -> list[dict[str, Any]]:
+    """The logged losses per modality (eps MSE and the variational bound term), each the mean over one of
+    `windows` equal stretches of the run's logged steps: single logged values swing with the batch's timesteps."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    picks = sorted({round(i) for i in np.linspace(0, len(rows) - 1, 6)})
-    return [{k: rows[i].get(k) for k in ("step", "loss", "video_mse", "audio_mse", "video_vb", "audio_vb")}
-            for i in picks]
+    out = []
+    for part in np.array_split(np.arange(len(rows)), min(windows, len(rows))):
+        chunk = [rows[i] for i in part]
+        out.append({"steps": f"{chunk[0]['step']}-{chunk[-1]['step']}", **{
+            k: float(np.mean([r[k] for r in chunk if r.get(k) is not None])) if any(r.get(k) is not None for r in chunk)
+            else None for k in ("loss", "video_mse", "audio_mse", "video_vb", "audio_vb")}})
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -253,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, lr in losses.items():
         print(f"\nloss per modality, {name}:")
         for r in lr:
-            print("  " + ", ".join(f"{k} {_fmt(v) if k != 'step' else v}" for k, v in r.items()))
+            print("  " + ", ".join(f"{k} {v if k == 'steps' else ('n/a' if v is None else f'{v:.4f}')}"
+                                   for k, v in r.items()))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "losses": losses, "n": args.n,
                                          "torch": torch.__version__}, indent=1, default=str) + "\n")

@@ -555,3 +555,21 @@ def test_gpu_lease_script_stops_twins_by_deadline_and_packs_them_at_a_common_ste
         assert f"{name}/checkpoints/step_{step:08d}/trainable.safetensors" in names
         assert f"{name}/metrics.jsonl" in names and f"{name}/train.log" in names
     assert state["config"]["train"]["ema_warmup"] is True and state["config"]["model"]["joint"] is True
+
+
+def test_demo_diagnosis_loss_rows_are_window_means(tmp_path: Path) -> None:
+    """benchmarks/demo_diagnosis.py's loss curves: each row is the mean of one of five equal stretches of the
+    logged steps (a key a stretch never logged is None), so one noisy logged value does not stand for a stretch."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_diagnosis", Path(__file__).parents[1] / "benchmarks" / "demo_diagnosis.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    lines = [{"step": 10 * (i + 1), "loss": float(i), "video_mse": 2.0 * i, "audio_mse": 1.0} for i in range(10)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = bench.loss_rows(tmp_path)
+    assert [r["steps"] for r in rows] == ["10-20", "30-40", "50-60", "70-80", "90-100"]
+    assert [r["loss"] for r in rows] == [0.5, 2.5, 4.5, 6.5, 8.5]
+    assert [r["video_mse"] for r in rows] == [1.0, 5.0, 9.0, 13.0, 17.0]
+    assert all(r["audio_mse"] == 1.0 and r["audio_vb"] is None for r in rows)
