@@ -10,7 +10,8 @@ the initial weights after the 2000 steps a lease allows (benchmarks/RESULTS.md, 
 
 Streams:
   A<seed>: adapters over a frozen backbone (default: the shipped avdit_cli/assets/tiny-dit), joint block on (j)
-           and off (n);
+           and off (n); over a class-conditional backbone (the shipped one is) each clip's class goes to its
+           class table as in the shipped recipe, so the cache must be labelled (data.class_folders=true);
   B:       a new image backbone pretrained on frames only (pretrain mode) until --pretrain-seconds, then
            adapters over it, joint on and off, until the end (--pretrain-seconds 0: no stream B).
 
@@ -198,6 +199,21 @@ def main() -> int:
     return code
 
 
+def class_sets(backbone: Path, user_sets: list[str]) -> list[str]:
+    """The `--set` arguments that give stream A's runs each clip's class, as the shipped recipe does
+    (scripts/make_demo_models.sh step 3), when the backbone is class-conditional: its folder has the
+    `class_names.json` that `finetune --pretrain` writes beside a class table. Empty for an unconditional
+    backbone, and leaves out any key the user set. The cache must then be labelled (preprocess with
+    data.class_folders=true)."""
+    names = backbone / "class_names.json"
+    if not names.is_file():
+        return []
+    wanted = {"data.class_folders": "true", "model.class_conditional": "true",
+              "model.num_classes": str(len(json.loads(names.read_text())))}
+    given = {kv.split("=", 1)[0] for kv in user_sets}
+    return [a for key, value in wanted.items() if key not in given for a in ("--set", f"{key}={value}")]
+
+
 def supervise(args: argparse.Namespace, jobs: dict[str, Job], adapter: list[str], common: list[str], runs: Path,
               logs: Path, t0: float, end: float) -> int:
     """Start the runs, stop each at its deadline, start stream B once its backbone exists; 1 on an early failure."""
@@ -205,6 +221,7 @@ def supervise(args: argparse.Namespace, jobs: dict[str, Job], adapter: list[str]
         for tag, joint in (("j", "true"), ("n", "false")):
             name = f"A{seed}{tag}"
             jobs[name] = Job(name, [*adapter, *common, "--set", f"model.backbone_path={args.backbone.resolve()}",
+                                    *class_sets(args.backbone, args.set),
                                     "--set", f"model.joint={joint}", "--set", f"train.seed={seed}"], end, runs, logs)
     with_b = args.pretrain_seconds > 0
     if with_b:

@@ -573,3 +573,20 @@ def test_demo_diagnosis_loss_rows_are_window_means(tmp_path: Path) -> None:
     assert [r["loss"] for r in rows] == [0.5, 2.5, 4.5, 6.5, 8.5]
     assert [r["video_mse"] for r in rows] == [1.0, 5.0, 9.0, 13.0, 17.0]
     assert all(r["audio_mse"] == 1.0 and r["audio_vb"] is None for r in rows)
+
+
+def test_gpu_lease_script_gives_a_class_conditional_backbone_its_classes(tmp_path: Path) -> None:
+    """Over the shipped class-conditional backbone, the lease script's adapter runs get each clip's class as the
+    shipped recipe does; an unconditional backbone gets nothing, and a key the user set is left to the user."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_demo_models", Path(__file__).parents[1] / "scripts" / "gpu_demo_models.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    shipped = Path(__file__).parents[1] / "avdit_cli" / "assets" / "tiny-dit"
+    n = len(json.loads((shipped / "class_names.json").read_text()))
+    assert script.class_sets(shipped, []) == ["--set", "data.class_folders=true", "--set",
+                                              "model.class_conditional=true", "--set", f"model.num_classes={n}"]
+    assert "data.class_folders=true" not in script.class_sets(shipped, ["data.class_folders=false"])
+    assert script.class_sets(tmp_path, []) == []
