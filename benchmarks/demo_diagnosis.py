@@ -189,9 +189,11 @@ def loss_rows(run: Path, windows: int = 5) -> list[dict[str, Any]]:
     out = []
     for part in np.array_split(np.arange(len(rows)), min(windows, len(rows))):
         chunk = [rows[i] for i in part]
-        out.append({"steps": f"{chunk[0]['step']}-{chunk[-1]['step']}", **{
-            k: float(np.mean([r[k] for r in chunk if r.get(k) is not None])) if any(r.get(k) is not None for r in chunk)
-            else None for k in ("loss", "video_mse", "audio_mse", "video_vb", "audio_vb")}})
+        row: dict[str, Any] = {"steps": f"{chunk[0]['step']}-{chunk[-1]['step']}"}
+        for key in ("loss", "video_mse", "audio_mse", "video_vb", "audio_vb"):
+            logged = [r[key] for r in chunk if r.get(key) is not None]
+            row[key] = float(np.mean(logged)) if logged else None  # None: not logged in this stretch
+        out.append(row)
     return out
 
 

@@ -34,14 +34,13 @@ import numpy as np
 
 from avdit_cli.config import Config, load_preset
 from avdit_cli.data.clips import Clip
-from avdit_cli.data.sync import audio_onsets, height_peaks, mean_f1, score_events
+from avdit_cli.data.sync import audio_onsets, clip_events_score, height_peaks, mean_f1
 from avdit_cli.pipelines.demo import read_clips
 
 
 def group_row(name: str, clips: list[Clip], cfg: Config, lowest: float) -> dict[str, Any]:
     """Event counts, low share, ceiling and own sync F1 of one group of decoded clips (see the module doc)."""
     fps, sr = cfg.data.fps, cfg.data.sample_rate
-    tol = 1.0 / fps
     ceilings, own, n_low, n_all, onsets = [], [], 0, 0, []
     for c in clips:
         frames, audio = np.asarray(c.frames), np.asarray(c.audio)
@@ -49,9 +48,8 @@ def group_row(name: str, clips: list[Clip], cfg: Config, lowest: float) -> dict[
         low = times[rows >= lowest]  # the ideal sound: a hit at each peak low enough to be a floor contact
         heard = audio_onsets(audio, sr)
         n_low, n_all = n_low + len(low), n_all + len(times)
-        duration = max(len(frames) / fps, len(audio) / sr)  # sync_score's (calling it would find both again)
-        ceilings.append(score_events(times, low, tol, duration))
-        own.append(score_events(times, heard, tol, duration))
+        ceilings.append(clip_events_score(times, low, len(frames), len(audio), fps, sr))
+        own.append(clip_events_score(times, heard, len(frames), len(audio), fps, sr))
         onsets.append(len(heard))
     return {"name": name, "clips": len(clips), "impacts_per_clip": n_all / max(len(clips), 1),
             "low_share": n_low / n_all if n_all else float("nan"), "ceiling": mean_f1(ceilings)[0],

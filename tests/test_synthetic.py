@@ -15,6 +15,7 @@ from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import probe
 from avdit_cli.data.sync import (
     audio_onsets,
+    clip_events_score,
     derangement,
     height_peaks,
     match_events,
@@ -136,6 +137,20 @@ def test_height_peaks_of_the_data_are_floor_contacts_and_jitter_adds_peaks_highe
         frames[k, top:top + 4, 14:18] = synthetic.PALETTE[0]
     times, rows = height_peaks(frames, 10)
     assert len(times) == 7 and np.all(rows < 0.5)
+
+
+def test_a_clips_found_events_score_as_the_clip_does(decoded):
+    """clip_events_score (events found once, scored with more than one partner) is sync_score with the
+    detectors run beforehand: the same score for aligned and for crossed clips, a tolerance passed through."""
+    clips, _ = decoded
+    a, b = clips[0], clips[1]
+    seen = [video_impacts(c.frames, 10) for c in (a, b)]
+    heard = [audio_onsets(c.audio, 16000) for c in (a, b)]
+    for i, j, tol in ((0, 0, None), (0, 1, None), (1, 0, 0.2)):
+        frames, audio = (a, b)[i].frames, (a, b)[j].audio
+        assert clip_events_score(seen[i], heard[j], len(frames), len(audio), 10, 16000, tol) == sync_score(
+            frames, audio, 10, 16000, tol)
+    assert clip_events_score(seen[0], heard[0], len(a.frames), len(a.audio), 10, 16000).f1 > 0.8
 
 
 def test_sync_score_separates_aligned_shuffled_and_delayed(decoded):

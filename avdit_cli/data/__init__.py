@@ -7,5 +7,5 @@ Public entry points (import from the submodules):
 - ``mixdown``: ``downmix`` (any channels -> mono), ``is_silent``;
 - ``clips``: ``load_clips`` (probe + read + cut, one file), ``cut_clips``, ``Clip``;
 - ``synthetic``: ``make_dataset``, ``render_clip``;
-- ``sync``: ``sync_score``, ``shuffled_baseline``, ``mean_f1``.
+- ``sync``: ``sync_score`` (``clip_events_score`` from events already found), ``shuffled_baseline``, ``mean_f1``.
 """

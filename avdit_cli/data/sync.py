@@ -179,15 +179,24 @@ def score_events(video_times: np.ndarray, audio_times: np.ndarray, tolerance: fl
                      video_times=tuple(float(t) for t in v), audio_times=tuple(float(t) for t in a))
 
 
+def clip_events_score(video_times: np.ndarray, audio_times: np.ndarray, num_frames: int, num_samples: int,
+                      fps: float, sample_rate: int, tolerance: float | None = None) -> SyncScore:
+    """The sync score of one clip from events already found (:func:`video_impacts`, :func:`audio_onsets`), for
+    callers that score the same clip's events more than once: its frame count and sample count give the
+    clip's duration, as :func:`sync_score` does. tolerance: seconds, default one frame (1 / fps)."""
+    tol = 1.0 / fps if tolerance is None else tolerance
+    duration = max(num_frames / fps, num_samples / sample_rate)
+    return score_events(video_times, audio_times, tol, duration)
+
+
 def sync_score(frames: np.ndarray, audio: np.ndarray, fps: float, sample_rate: int,
                tolerance: float | None = None) -> SyncScore:
     """The sync score of one decoded clip: frames uint8 (f, h, w, 3) at fps, audio float32 (n,) at sample_rate.
 
     tolerance: seconds, default one frame (1 / fps).
     """
-    tol = 1.0 / fps if tolerance is None else tolerance
-    duration = max(len(frames) / fps, len(audio) / sample_rate)
-    return score_events(video_impacts(frames, fps), audio_onsets(audio, sample_rate), tol, duration)
+    return clip_events_score(video_impacts(frames, fps), audio_onsets(audio, sample_rate), len(frames), len(audio),
+                             fps, sample_rate, tolerance)
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:

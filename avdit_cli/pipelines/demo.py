@@ -39,7 +39,7 @@ from avdit_cli.config import Config, SampleOrder, apply_overrides, load_preset
 from avdit_cli.data.clips import Clip, load_clips
 from avdit_cli.data.media import MediaError
 from avdit_cli.data.frame_stats import frame_stats
-from avdit_cli.data.sync import SyncScore, audio_onsets, derangement, mean_f1, sync_score, video_impacts
+from avdit_cli.data.sync import SyncScore, audio_onsets, clip_events_score, derangement, mean_f1, video_impacts
 from avdit_cli.data.synthetic import colour_classes, make_dataset
 from avdit_cli.errors import ConfigError, DataError
 from avdit_cli.fileio import plain
@@ -156,19 +156,23 @@ def read_clips(paths: list[Path], cfg: Config) -> list[Clip]:
 
 def score_group(name: str, frames: list[np.ndarray], audio: list[np.ndarray], cfg: Config,
                 shuffle_seed: int | None = None) -> GroupScore:
-    """Sync F1 and AV-Align of clips; with `shuffle_seed`, clip i's frames go with clip perm[i]'s audio
+    """Sync F1 and AV-Align of clips; with `shuffle_seed`, clip i's frames go with clip partner[i]'s audio
     (a seeded derangement): the chance level."""
     fps, sr = cfg.data.fps, cfg.data.sample_rate
-    pairs = list(zip(frames, audio))
+    partner = list(range(len(audio)))  # clip i's frames go with clip partner[i]'s audio
     if shuffle_seed is not None:
-        perm = derangement(len(frames), np.random.default_rng(shuffle_seed))
-        pairs = [(frames[i], audio[j]) for i, j in enumerate(perm)]
-    syncs: list[SyncScore] = [sync_score(f, a, fps, sr) for f, a in pairs]
+        partner = [int(j) for j in derangement(len(frames), np.random.default_rng(shuffle_seed))]
+    pairs = [(frames[i], audio[j]) for i, j in enumerate(partner)]
+    # each clip's events are found once: the sync score and the per-clip counts read the same ones
+    seen = [video_impacts(f, fps) for f in frames]
+    heard = [audio_onsets(a, sr) for a in audio]
+    syncs: list[SyncScore] = [clip_events_score(seen[i], heard[j], len(frames[i]), len(audio[j]), fps, sr)
+                              for i, j in enumerate(partner)]
     f1, skipped = mean_f1(syncs)
     align = av_align_score(pairs, fps, sr)
     stats = frame_stats(frames)
-    onsets = float(np.mean([len(audio_onsets(a, sr)) for a in audio]))
-    impacts = float(np.mean([len(video_impacts(f, fps)) for f in frames]))
+    onsets = float(np.mean([len(h) for h in heard]))
+    impacts = float(np.mean([len(v) for v in seen]))
     return GroupScore(name, len(frames), f1, skipped, align.score, stats.balls_per_frame, stats.one_or_two_balls,
                       stats.noise_frames, stats.smooth_moves, onsets, stats.median_step, stats.near_moves,
                       impacts_per_clip=impacts)
